@@ -1,0 +1,26 @@
+"""CKKS engine: parameter presets, public/secret contexts, ciphertexts, layouts, batches.
+
+Runs in: owner, host and enclave.
+"""
+
+from .batch import CiphertextBatch
+from .context import PublicContext, SecretContext
+from .layout import Diagonals, Replicated, SampleBlocks, rotations_for_features
+from .params import PRESETS, CkksParams, preset
+from .vector import Ciphertext, add_many, inner
+
+__all__ = [
+    "PRESETS",
+    "Ciphertext",
+    "CiphertextBatch",
+    "CkksParams",
+    "Diagonals",
+    "PublicContext",
+    "Replicated",
+    "SampleBlocks",
+    "SecretContext",
+    "add_many",
+    "inner",
+    "preset",
+    "rotations_for_features",
+]
