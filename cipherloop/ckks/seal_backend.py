@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,7 @@ class SealBackend:
         self._encoder = seal.CKKSEncoder(self._ctx)
         self._evaluator = seal.Evaluator(self._ctx)
         self._scratch = _Scratch()
+        self.counts: Counter[str] = Counter()  # operations done, for benchmarks and tests
         self._parms_ids: dict[int, Any] = {}
         self._primes: dict[int, int] = {}
         self._level_of: dict[tuple[int, ...], int] = {}
@@ -224,8 +226,10 @@ class SealBackend:
         ct = seal.Ciphertext(self._ctx)
         if self._decryptor is not None:
             self._encryptor.encrypt_symmetric(pt, ct)
+            self.counts["encrypt"] += 1
         else:
             self._encryptor.encrypt(pt, ct)
+            self.counts["encrypt"] += 1
         return ct
 
     def can_decrypt(self) -> bool:
@@ -236,6 +240,7 @@ class SealBackend:
             raise KeyMaterialError("this context holds no secret key")
         pt = seal.Plaintext()
         self._decryptor.decrypt(ct, pt)
+        self.counts["decrypt"] += 1
         return np.asarray(self._encoder.decode_double(pt), dtype=np.float64)
 
     # -- evaluation --------------------------------------------------------------
@@ -274,6 +279,7 @@ class SealBackend:
         a, b = self._aligned(a, b)
         out = seal.Ciphertext(self._ctx)
         self._evaluator.multiply(a, b, out)
+        self.counts["multiply"] += 1
         return out
 
     def relinearize(self, ct: Any) -> Any:
@@ -281,6 +287,7 @@ class SealBackend:
             return ct
         out = seal.Ciphertext(self._ctx)
         self._evaluator.relinearize(ct, self._keys.relin_keys, out)
+        self.counts["relinearize"] += 1
         return out
 
     def rescale(self, ct: Any) -> Any:
@@ -296,6 +303,7 @@ class SealBackend:
             return ct
         out = seal.Ciphertext(self._ctx)
         self._evaluator.rotate_vector(ct, steps, self._keys.galois_keys, out)
+        self.counts["rotate"] += 1
         return out
 
     def mod_switch_to(self, ct: Any, level: int) -> Any:
@@ -309,6 +317,7 @@ class SealBackend:
         pt = self.encode(values, level=self.level(ct), scale=scale)
         out = seal.Ciphertext(self._ctx)
         self._evaluator.multiply_plain(ct, pt, out)
+        self.counts["multiply_plain"] += 1
         return out
 
     # -- bytes ----------------------------------------------------------------------

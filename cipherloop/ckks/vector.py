@@ -38,6 +38,11 @@ class Ciphertext:
     def scale(self) -> float:
         return self._backend.scale(self.handle)
 
+    @property
+    def next_prime(self) -> int:
+        """The prime the next rescale of this ciphertext divides by."""
+        return self._backend.prime(self.level)
+
     def __add__(self, other: Ciphertext) -> Ciphertext:
         return self._wrap(self._backend.add(self.handle, other.handle))
 
@@ -56,11 +61,16 @@ class Ciphertext:
     def at_level(self, level: int) -> Ciphertext:
         return self._wrap(self._backend.mod_switch_to(self.handle, level))
 
-    def times(self, values: np.ndarray | float) -> Ciphertext:
-        """Multiply by plaintext values, rescaled so the scale stays exactly where it was."""
+    def times(self, values: np.ndarray | float, *, scale: float | None = None) -> Ciphertext:
+        """Multiply by plaintext values and rescale (one level spent).
+
+        By default the values are encoded at the scale of the prime the rescale
+        drops, so the result keeps exactly this ciphertext's scale; pass
+        ``scale`` to land on another one (e.g. to match a product's scale).
+        """
         b = self._backend
-        prime = float(b.prime(self.level))
-        return self._wrap(b.rescale(b.multiply_values(self.handle, values, scale=prime)))
+        enc = float(b.prime(self.level)) if scale is None else scale
+        return self._wrap(b.rescale(b.multiply_values(self.handle, values, scale=enc)))
 
     def to_bytes(self) -> bytes:
         return self._backend.save(self.handle)

@@ -1,0 +1,38 @@
+"""``python -m cipherloop.enclave``: start the enclave process.
+
+Runs in: enclave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .framing import DEFAULT_MAX_FRAME
+from .server import EnclaveConfig, serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cipherloop.enclave",
+                                description="Serve the cipherloop enclave operations.")
+    p.add_argument("--socket", required=True, type=Path, help="Unix socket path to listen on")
+    p.add_argument("--platform", default="sim", choices=["sim", "sgx", "nitro"])
+    p.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME)
+    p.add_argument("--no-local-provisioning", action="store_true",
+                   help="refuse the development key hand-over; accept attested keys only")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s enclave %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    config = EnclaveConfig(a.socket, a.max_frame, a.platform, not a.no_local_provisioning)
+    try:
+        serve(config)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The host's one way to talk to the enclave: a small client stub and a process launcher.
+
+Runs in: host (and on the owner's machine when the estimator starts its own
+enclave). Every call is one request frame and one reply frame; a dead or
+hung enclave surfaces as :class:`EnclaveUnavailable`, never as a hang.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..errors import (
+    EnclaveError,
+    EnclaveUnavailable,
+    InvalidCiphertext,
+    ParameterMismatch,
+    PolicyViolation,
+    ProtocolError,
+    ShapeError,
+)
+from ..enclave.framing import DEFAULT_MAX_FRAME, recv_frame, send_frame
+
+_REMOTE_ERRORS: dict[str, type[Exception]] = {
+    "EnclaveError": EnclaveError,
+    "PolicyViolation": PolicyViolation,
+    "InvalidCiphertext": InvalidCiphertext,
+    "ParameterMismatch": ParameterMismatch,
+    "ShapeError": ShapeError,
+    "ProtocolError": ProtocolError,
+    "KeyMaterialError": EnclaveError,
+}
+
+
+class EnclaveClient:
+    """Calls enclave operations over a Unix socket; thread-safe, reconnects as needed.
+
+    Parameters
+    ----------
+    address : path of the enclave's Unix socket.
+    timeout : seconds to wait for any one reply before giving up.
+    """
+
+    def __init__(self, address: str | os.PathLike[str], *, timeout: float = 300.0,
+                 max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.address = str(address)
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.seconds = 0.0  # wall time spent waiting on the enclave, for benchmarks
+        self.calls = 0
+
+    def __repr__(self) -> str:
+        return f"EnclaveClient({self.address!r})"
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self.address)
+            except OSError:
+                s.close()
+                raise EnclaveUnavailable("enclave is not reachable") from None
+            self._sock = s
+        return self._sock
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        """One operation; remote refusals are raised as the matching local error."""
+        t0 = time.perf_counter()
+        with self._lock:
+            sock = self._connect()
+            try:
+                send_frame(sock, {"op": op, "id": next(self._ids), "args": args})
+                reply = recv_frame(sock, max_bytes=self.max_frame)
+            except (OSError, ProtocolError):
+                sock.close()
+                self._sock = None
+                raise EnclaveUnavailable(f"enclave died or hung during {op!r}") from None
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        if reply.get("ok") is True and isinstance(reply.get("result"), dict):
+            result: dict[str, Any] = reply["result"]
+            return result
+        err = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+        kind = _REMOTE_ERRORS.get(str(err.get("type")), EnclaveError)
+        if kind is ProtocolError:
+            self.close()
+        raise kind(f"enclave refused {op!r}: {err.get('message', 'no reason given')}")
+
+    # -- typed operations ------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        return self.call("hello")
+
+    def provision_local(self, secret: bytes, policy: dict[str, Any] | None = None) -> str:
+        """Development hand-over of the secret key; attested provisioning replaces it."""
+        return str(self.call("provision_local", secret=secret, policy=policy or {})["key_id"])
+
+    def refresh(self, key_id: str, batches: Sequence[bytes], *, level: int | None = None) -> list[bytes]:
+        out = self.call("refresh", key_id=key_id, batches=list(batches), level=level)["batches"]
+        return [bytes(b) for b in out]
+
+    def logistic_error(self, key_id: str, *, z: bytes, y: bytes, features: dict[str, Any],
+                       first_block: int, start: int, stop: int, learning_rate: float,
+                       level: int, intercept: bool) -> tuple[bytes, bytes | None]:
+        r = self.call("logistic_error", key_id=key_id, z=z, y=y, features=features,
+                      first_block=first_block, start=start, stop=stop,
+                      learning_rate=learning_rate, level=level, intercept=intercept)
+        return bytes(r["e"]), (bytes(r["e_sum"]) if r.get("e_sum") is not None else None)
+
+    def evaluate(self, key_id: str, *, z: bytes, y: bytes,
+                 metrics: Sequence[str] = ("accuracy", "log_loss")) -> dict[str, float]:
+        r = self.call("evaluate", key_id=key_id, z=z, y=y, metrics=list(metrics))
+        return {str(k): float(v) for k, v in r.items()}
+
+    def compare(self, key_id: str, *, candidate: bytes, current: bytes, y: bytes,
+                metric: str = "log_loss") -> dict[str, Any]:
+        return self.call("compare", key_id=key_id, candidate=candidate, current=current, y=y,
+                         metric=metric)
+
+
+class EnclaveProcess:
+    """Starts ``python -m cipherloop.enclave`` as a separate OS process and stops it.
+
+    Use as a context manager; :attr:`client` talks to it.
+    """
+
+    def __init__(self, *, socket_path: str | os.PathLike[str] | None = None,
+                 platform: str = "sim", startup_timeout: float = 60.0,
+                 extra_args: Sequence[str] = (), log_path: str | os.PathLike[str] | None = None,
+                 timeout: float = 300.0) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if socket_path is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cipherloop-enclave-")
+            socket_path = Path(self._tmp.name) / "enclave.sock"
+        self.socket_path = Path(socket_path)
+        self.platform = platform
+        self.startup_timeout = startup_timeout
+        self.extra_args = list(extra_args)
+        self.log_path = log_path
+        self.timeout = timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = EnclaveClient(self.socket_path, timeout=timeout)
+
+    def __repr__(self) -> str:
+        pid = self.proc.pid if self.proc else None
+        return f"EnclaveProcess(pid={pid}, socket={str(self.socket_path)!r})"
+
+    def start(self) -> EnclaveProcess:
+        cmd = [sys.executable, "-m", "cipherloop.enclave", "--socket", str(self.socket_path),
+               "--platform", self.platform, *self.extra_args]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise EnclaveUnavailable(f"enclave process exited at start (code {self.proc.returncode})")
+            try:
+                self.client.hello()
+                return self
+            except EnclaveUnavailable:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise EnclaveUnavailable("enclave process did not come up in time") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EnclaveProcess:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

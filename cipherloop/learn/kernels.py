@@ -1,0 +1,102 @@
+"""The host's packed linear algebra for logistic regression: ``X @ w`` and ``X.T @ e``.
+
+Runs in: host. Pure functions: ciphertexts in, ciphertexts out.
+
+Packing (see ``ckks/layout.py``): features in generalised diagonals
+pre-rotated by giant steps, the model replicated with period ``P`` (features
+padded to a power of two), labels/logits/errors one per slot. With ``C``
+blocks of ``slots`` samples, ``P`` padded features and ``B`` baby steps
+(``G = P / B`` giant steps), one mini-batch over all blocks costs:
+
+============================  ==============  ==========================  ========
+step                          ct x ct mults   rotations                   relins
+============================  ==============  ==========================  ========
+z = X @ w  (host)             C * P           (B - 1) + C * (G - 1)        C * G
+e = error step (enclave)      --              --  (C*G encryptions out)     --
+g = X.T @ e  (host)           C * P           (B - 1) + log2(slots / P)    B
+============================  ==============  ==========================  ========
+
+plus two enclave round trips per step (the error step; a refresh when the
+level planner says so). The straightforward column-packed reference needs
+``C * P`` multiplications with a relinearisation each and
+``P * log2(slots)`` rotations for the gradient alone. The saving comes from
+three levers: the enclave emits errors pre-rotated per giant step (it
+re-encrypts anyway, so any layout is free), products are summed before one
+relinearisation, and baby/giant steps are walked Horner-style so one Galois
+key per direction suffices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..ckks import Ciphertext, Diagonals, inner
+
+
+def rotated_model(w: Ciphertext, layout: Diagonals) -> list[Ciphertext]:
+    """``[rot(w, b1) for b1 in range(baby)]``, one unit rotation at a time."""
+    out = [w]
+    for _ in range(1, layout.baby):
+        out.append(out[-1].rotate(1))
+    return out
+
+
+def logits_block(features: Sequence[Ciphertext], w_rot: Sequence[Ciphertext],
+                 layout: Diagonals, block: int, bias: Ciphertext | None = None) -> Ciphertext:
+    """``z`` for one block of samples: ``sum_b2 rot(sum_b1 Y[b1,b2] * rot(w, b1), baby*b2)``.
+
+    ``bias`` must already sit at the product's scale and level (see :func:`bias_term`).
+    """
+    acc: Ciphertext | None = None
+    for b2 in reversed(range(layout.giant)):
+        idx = [layout.index(block, b1, b2) for b1 in range(layout.baby)]
+        part = inner([features[i] for i in idx], w_rot)
+        acc = part if acc is None else acc.rotate(layout.baby) + part
+    assert acc is not None
+    return acc + bias if bias is not None else acc
+
+
+def bias_term(intercept: Ciphertext, w_level: int, product_scale: float) -> Ciphertext:
+    """The intercept moved to the level and exact scale of ``X @ w``'s blocks."""
+    b = intercept.at_level(w_level)
+    return b.times(1.0, scale=product_scale / b.scale * b.next_prime)
+
+
+def logits(features: Sequence[Ciphertext], w: Ciphertext, layout: Diagonals,
+           blocks: Sequence[int], intercept: Ciphertext | None = None) -> list[Ciphertext]:
+    """``z = X @ w + intercept`` for the given blocks, one ciphertext per block."""
+    w_rot = rotated_model(w, layout)
+    bias = None
+    if intercept is not None:
+        # Product scale: features (nominal) * w, divided by the prime the rescale drops.
+        scale = features[0].scale * w.scale / w.next_prime
+        bias = bias_term(intercept, w.level, scale)
+    return [logits_block(features, w_rot, layout, c, bias) for c in blocks]
+
+
+def gradient_partial(features: Sequence[Ciphertext], errors: Sequence[Ciphertext],
+                     layout: Diagonals, blocks: Sequence[int]) -> Ciphertext:
+    """``sum_b1 rot(sum_{c,b2} Y[c,b1,b2] * E[c,b2], -b1)`` before the replicas are folded.
+
+    ``errors[i * giant + b2]`` belongs to ``blocks[i]``. Partials of disjoint
+    block sets add up; :func:`fold_replicas` finishes the sum.
+    """
+    G = layout.giant
+    acc: Ciphertext | None = None
+    for b1 in reversed(range(layout.baby)):
+        left = [features[layout.index(c, b1, b2)] for c in blocks for b2 in range(G)]
+        right = [errors[i * G + b2] for i in range(len(blocks)) for b2 in range(G)]
+        part = inner(left, right)
+        acc = part if acc is None else acc.rotate(-1) + part
+    assert acc is not None
+    return acc
+
+
+def fold_replicas(partial: Ciphertext, layout: Diagonals) -> Ciphertext:
+    """Sum the ``slots / period`` replicas so every replica holds the full ``X.T @ e``."""
+    k = layout.period
+    acc = partial
+    while k < layout.slots:
+        acc = acc + acc.rotate(k)
+        k *= 2
+    return acc

@@ -1,0 +1,262 @@
+"""Encrypted binary logistic regression: mini-batch gradient descent with Nesterov momentum.
+
+Runs in: host. The refining step of DESIGN.md: the host computes
+``z = X @ u`` (``u`` the look-ahead point), the enclave turns it into the
+error ``e = (sigmoid(z) - y) * lr / m`` (the learning rate folded in), the
+host computes ``g = X.T @ e`` and steps ``w' = u - g``, ``v' = w' - w``
+(Sutskever's form of Nesterov momentum, with no negation and no extra
+multiplication). The level planner asks the enclave to refresh the model
+only when the next step would run out of levels.
+
+``refine`` is a pure function -- model and data in, model out -- like
+scikit-learn's ``_plain_sgd``; :mod:`cipherloop.learn.reference` runs the
+same algorithm on plaintext.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ckks import Ciphertext, CiphertextBatch
+from ..ckks.context import _ContextBase
+from ..errors import ShapeError
+from . import kernels
+from .enclave_client import EnclaveClient
+from .model import EncryptedDataset, EncryptedModel
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Hyperparameters of one refinement (wire-safe scalars only).
+
+    ``batch_size=None`` means full-batch gradient descent over each data set.
+    """
+
+    learning_rate: float = 1.0
+    momentum: float = 0.9
+    batch_size: int | None = None
+    epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.learning_rate < 1e3:
+            raise ValueError("learning_rate must be in (0, 1000)")
+        if not 0 <= self.momentum < 1:
+            raise ValueError("momentum must be in [0, 1)")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch_size must be positive or None")
+        if self.epochs < 1:
+            raise ValueError("epochs must be at least 1")
+
+
+@dataclass
+class RefineStats:
+    """What a refinement cost: steps, refreshes, enclave time and backend operation counts."""
+
+    steps: int = 0
+    refreshes: int = 0
+    enclave_calls: int = 0
+    enclave_seconds: float = 0.0
+    seconds: float = 0.0
+    ops: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: RefineStats) -> None:
+        self.steps += other.steps
+        self.refreshes += other.refreshes
+        self.enclave_calls += other.enclave_calls
+        self.enclave_seconds += other.enclave_seconds
+        self.seconds += other.seconds
+        self.ops.update(other.ops)
+
+
+def minibatches(n_samples: int, batch_size: int | None) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` ranges in order; the owner shuffles before encrypting."""
+    size = n_samples if batch_size is None else batch_size
+    for start in range(0, n_samples, size):
+        yield start, min(start + size, n_samples)
+
+
+@dataclass(frozen=True)
+class LevelPlanner:
+    """Decides when the model must be refreshed: only when the next step would fail.
+
+    A step multiplies the look-ahead point ``u = w + momentum * v`` with the
+    data and rescales, so ``u`` needs a level >= 1; ``momentum * v`` costs
+    one more level. Refreshing earlier would only waste enclave round trips.
+    """
+
+    momentum: float
+
+    def lookahead_level(self, model: EncryptedModel) -> int:
+        parts = model.parts()
+        levels = [parts["coef"].level]
+        if "intercept" in parts:
+            levels.append(parts["intercept"].level)
+        if self.momentum:
+            levels += [v.level - 1 for k, v in parts.items() if k.endswith("velocity")]
+        return min(levels)
+
+    def needs_refresh(self, model: EncryptedModel) -> bool:
+        return self.lookahead_level(model) < 1
+
+
+class _Session:
+    """The pieces every step needs: context, enclave, key id and the running stats."""
+
+    def __init__(self, context: _ContextBase, enclave: EnclaveClient, stats: RefineStats) -> None:
+        self.context = context
+        self.enclave = enclave
+        self.key_id = context.key_id
+        self.stats = stats
+
+    def batch(self, cts: Sequence[Ciphertext], layout: dict[str, Any]) -> bytes:
+        return CiphertextBatch.of(self.context, cts, layout).to_bytes()
+
+    def enclave_call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            self.stats.enclave_seconds += time.perf_counter() - t0
+            self.stats.enclave_calls += 1
+
+
+def refresh_model(model: EncryptedModel, session: _Session) -> EncryptedModel:
+    """Have the enclave re-encrypt every part of the model at the top level."""
+    parts = model.parts()
+    raws = [session.batch([ct], model.layout_of(name).describe()) for name, ct in parts.items()]
+    out = session.enclave_call(session.enclave.refresh, session.key_id, raws)
+    fresh = {
+        name: CiphertextBatch.from_bytes(raw).open(session.context, count=1)[0]
+        for name, raw in zip(parts, out, strict=True)
+    }
+    session.stats.refreshes += 1
+    return model.with_parts(**fresh)
+
+
+def _lookahead(model: EncryptedModel, momentum: float) -> tuple[Ciphertext, Ciphertext | None]:
+    u_w, u_b = model.coef, model.intercept
+    if momentum and model.coef_velocity is not None:
+        u_w = u_w + model.coef_velocity.times(momentum)
+    if momentum and u_b is not None and model.intercept_velocity is not None:
+        u_b = u_b + model.intercept_velocity.times(momentum)
+    return u_w, u_b
+
+
+def _step(model: EncryptedModel, data: EncryptedDataset, start: int, stop: int,
+          config: RefineConfig, session: _Session) -> EncryptedModel:
+    layout = data.layout
+    S = layout.slots
+    c0, c1 = start // S, (stop - 1) // S + 1
+    blocks = list(range(c0, c1))
+    u_w, u_b = _lookahead(model, config.momentum)
+
+    z = kernels.logits(data.features, u_w, layout, blocks, u_b)
+    samples = layout.samples.describe()
+    e_raw, s_raw = session.enclave_call(
+        session.enclave.logistic_error, session.key_id,
+        z=session.batch(z, samples), y=session.batch(data.labels[c0:c1], samples),
+        features=layout.describe(), first_block=c0, start=start, stop=stop,
+        learning_rate=config.learning_rate, level=data.level, intercept=u_b is not None,
+    )
+    errors = CiphertextBatch.from_bytes(e_raw).open(session.context,
+                                                    count=len(blocks) * layout.giant)
+    g = kernels.fold_replicas(kernels.gradient_partial(data.features, errors, layout, blocks),
+                              layout)
+    new: dict[str, Ciphertext | None] = {"coef": u_w - g}
+    if u_b is not None:
+        assert s_raw is not None and model.intercept is not None
+        s = CiphertextBatch.from_bytes(s_raw).open(session.context, count=1)[0]
+        new["intercept"] = u_b - s
+    if config.momentum:
+        new["coef_velocity"] = new["coef"] - model.coef  # type: ignore[operator]
+        if model.intercept is not None:
+            new["intercept_velocity"] = new["intercept"] - model.intercept  # type: ignore[operator]
+    session.stats.steps += 1
+    return model.with_parts(**new)
+
+
+def refine(
+    model: EncryptedModel,
+    datasets: Sequence[EncryptedDataset],
+    config: RefineConfig,
+    *,
+    context: _ContextBase,
+    enclave: EnclaveClient,
+    on_step: Callable[[int, int], None] | None = None,
+) -> tuple[EncryptedModel, RefineStats]:
+    """Run ``config.epochs`` epochs of mini-batch steps over ``datasets``; return the new model.
+
+    Parameters
+    ----------
+    model : the encrypted model to refine (any level; refreshed as needed).
+    datasets : encrypted data sets, visited in order, each in ``batch_size`` slices.
+    config : hyperparameters.
+    context : the owner's public context (or secret context, on the owner's side).
+    enclave : client of an enclave provisioned with this context's key.
+    on_step : called with ``(steps done, steps total)`` after every step (progress bars).
+    """
+    for data in datasets:
+        if data.n_features != model.n_features or data.layout.model != model.layout:
+            raise ShapeError("data and model disagree on the number of features")
+    stats = RefineStats()
+    session = _Session(context, enclave, stats)
+    planner = LevelPlanner(config.momentum)
+    plan = [(d, s, e) for d in datasets for s, e in minibatches(d.n_samples, config.batch_size)]
+    total = len(plan) * config.epochs
+    backend_counts = context.backend.counts
+    before = Counter(backend_counts)
+    t0 = time.perf_counter()
+    for _ in range(config.epochs):
+        for data, start, stop in plan:
+            if planner.needs_refresh(model):
+                model = refresh_model(model, session)
+            model = _step(model, data, start, stop, config, session)
+            if on_step is not None:
+                on_step(stats.steps, total)
+    stats.seconds = time.perf_counter() - t0
+    stats.ops = backend_counts - before
+    return model, stats
+
+
+def scores(model: EncryptedModel, data: EncryptedDataset, *, context: _ContextBase,
+           enclave: EnclaveClient) -> list[Ciphertext]:
+    """Encrypted logits ``X @ w + b``, one ciphertext per block (encrypted inference)."""
+    session = _Session(context, enclave, RefineStats())
+    if LevelPlanner(0.0).needs_refresh(model):
+        model = refresh_model(model, session)
+    blocks = list(range(data.layout.n_blocks))
+    return kernels.logits(data.features, model.coef, data.layout, blocks, model.intercept)
+
+
+def evaluate(model: EncryptedModel, data: EncryptedDataset, *, context: _ContextBase,
+             enclave: EnclaveClient, metrics: Sequence[str] = ("accuracy", "log_loss"),
+             ) -> dict[str, float]:
+    """Coarse hold-out metrics released by the enclave under the owner's policy."""
+    z = scores(model, data, context=context, enclave=enclave)
+    layout = data.layout.samples.describe()
+    return enclave.evaluate(
+        context.key_id,
+        z=CiphertextBatch.of(context, z, layout).to_bytes(),
+        y=CiphertextBatch.of(context, data.labels, layout).to_bytes(),
+        metrics=metrics,
+    )
+
+
+def compare(candidate: EncryptedModel, current: EncryptedModel, holdout: EncryptedDataset, *,
+            context: _ContextBase, enclave: EnclaveClient, metric: str = "log_loss",
+            ) -> dict[str, Any]:
+    """Promote or keep, decided in the enclave on the encrypted hold-out set."""
+    layout = holdout.layout.samples.describe()
+    zc = scores(candidate, holdout, context=context, enclave=enclave)
+    zo = scores(current, holdout, context=context, enclave=enclave)
+    return enclave.compare(
+        context.key_id,
+        candidate=CiphertextBatch.of(context, zc, layout).to_bytes(),
+        current=CiphertextBatch.of(context, zo, layout).to_bytes(),
+        y=CiphertextBatch.of(context, holdout.labels, layout).to_bytes(),
+        metric=metric,
+    )
