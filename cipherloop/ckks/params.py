@@ -59,9 +59,10 @@ class CkksParams:
 
 
 PRESETS: dict[str, CkksParams] = {
-    # 4 rescales at scale 2^30; 15 bits of integer headroom in the first prime;
-    # a special prime well above the first keeps key-switching noise small.
-    "n8192": CkksParams(8192, (45, 30, 30, 30, 30, 53), 30),
+    # 3 rescales at scale 2^35; 15 bits of integer headroom in the first prime;
+    # a special prime above the first keeps key-switching noise small. (Scale
+    # 2^30 with 4 rescales was 40x noisier once momentum amplified it.)
+    "n8192": CkksParams(8192, (50, 35, 35, 35, 60), 35),
     # 7 rescales at scale 2^40: deeper models, more precision, 2x the slots.
     "n16384": CkksParams(16384, (55, 40, 40, 40, 40, 40, 40, 40, 60), 40),
 }

@@ -1,0 +1,190 @@
+"""``EncryptedLogisticRegression``: a scikit-learn estimator whose training never sees plaintext.
+
+Runs in: owner. ``fit`` and ``partial_fit`` encrypt the data under the
+owner's key, hand the ciphertexts to the host-side refining loop, which
+works against a real enclave process the estimator starts (and provisions
+with the key), and decrypt the resulting model into ``coef_`` and
+``intercept_``. ``partial_fit`` is one refinement round: one epoch over the
+new data, continuing from the current encrypted model and momentum.
+"""
+
+from __future__ import annotations
+
+import weakref
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import unique_labels
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ..ckks import PRESETS, SecretContext, preset, rotations_for_features
+from ..learn import EnclaveClient, EnclaveProcess, RefineConfig, RefineStats, refine
+from ..learn.model import EncryptedModel
+from .data import decrypt_model, encrypt_dataset, encrypt_model
+
+
+class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):
+    """Binary logistic regression trained on CKKS-encrypted data with an enclave's help.
+
+    Parameters
+    ----------
+    learning_rate : float, default=1.0
+        Step size; the enclave folds it into the error it returns.
+    momentum : float, default=0.9
+        Nesterov momentum (0 for plain gradient descent).
+    batch_size : int or None, default=None
+        Samples per step; ``None`` is full-batch gradient descent.
+    max_iter : int, default=30
+        Epochs ``fit`` runs.
+    fit_intercept : bool, default=True
+    params : str, default="n8192"
+        CKKS parameter preset (see :data:`cipherloop.ckks.PRESETS`).
+    enclave : str or None, default=None
+        Socket path of a running enclave to use; ``None`` starts a private
+        enclave process on first use (stopped by :meth:`close` or at exit).
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (1, n_features)
+    intercept_ : ndarray of shape (1,)
+    classes_ : ndarray of shape (2,)
+    n_features_in_ : int
+    n_iter_ : int
+        Epochs run so far.
+    model_ : EncryptedModel
+        The encrypted model as the cloud holds it.
+    stats_ : RefineStats
+        Cost of the last call (steps, refreshes, enclave time, operation counts).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> X = StandardScaler().fit_transform(X)
+    >>> clf = EncryptedLogisticRegression(max_iter=5).fit(X, y)  # doctest: +SKIP
+    >>> clf.score(X, y) > 0.9  # doctest: +SKIP
+    True
+    """
+
+    _parameter_constraints: dict[str, list[Any]] = {
+        "learning_rate": [Interval(Real, 0, 1000, closed="neither")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "fit_intercept": ["boolean"],
+        "params": [StrOptions(set(PRESETS))],
+        "enclave": [str, None],
+    }
+
+    def __init__(self, *, learning_rate: float = 1.0, momentum: float = 0.9,
+                 batch_size: int | None = None, max_iter: int = 30, fit_intercept: bool = True,
+                 params: str = "n8192", enclave: str | None = None) -> None:
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.fit_intercept = fit_intercept
+        self.params = params
+        self.enclave = enclave
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for private in ("_process", "_client", "_key", "_finalizer"):
+            state.pop(private, None)
+        state.pop("model_", None)
+        return state
+
+    # -- enclave and keys ------------------------------------------------------
+    def _session(self, n_features: int) -> tuple[SecretContext, EnclaveClient]:
+        key: SecretContext | None = getattr(self, "_key", None)
+        if key is None or key.params != preset(self.params):
+            key = SecretContext.generate(preset(self.params),
+                                         rotations_for_features(n_features, preset(self.params).slots))
+            self._key = key
+            self._provisioned = False
+        client: EnclaveClient | None = getattr(self, "_client", None)
+        if client is None:
+            if self.enclave is None:
+                process = EnclaveProcess().start()
+                self._process = process
+                self._finalizer = weakref.finalize(self, process.stop)
+                client = process.client
+            else:
+                client = EnclaveClient(self.enclave)
+            self._client = client
+            self._provisioned = False
+        if not getattr(self, "_provisioned", False):
+            client.provision_local(key.export_secret())
+            self._provisioned = True
+        return key, client
+
+    def close(self) -> None:
+        """Stop the private enclave process, if this estimator started one."""
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
+        for private in ("_process", "_client", "_finalizer"):
+            self.__dict__.pop(private, None)
+
+    # -- fitting -----------------------------------------------------------------
+    def _encode_labels(self, y: np.ndarray) -> np.ndarray:
+        return (y == self.classes_[1]).astype(np.float64)
+
+    def _partial_fit(self, X: Any, y: Any, *, epochs: int, reset: bool,
+                     classes: Any = None) -> EncryptedLogisticRegression:
+        first = reset or not hasattr(self, "model_")
+        X, y = validate_data(self, X, y, reset=first, dtype=np.float64)
+        if first:
+            labels = unique_labels(y) if classes is None else np.asarray(classes)
+            if len(labels) != 2:
+                raise ValueError("EncryptedLogisticRegression is binary: y needs exactly 2 classes")
+            self.classes_ = labels
+            self.n_iter_ = 0
+        elif not np.isin(unique_labels(y), self.classes_).all():
+            raise ValueError("y holds classes not seen in the first call")
+        key, client = self._session(X.shape[1])
+        if first:
+            intercept = 0.0 if self.fit_intercept else None
+            self.model_: EncryptedModel = encrypt_model(key, np.zeros(X.shape[1]), intercept)
+        data = encrypt_dataset(key, X, self._encode_labels(y))
+        config = RefineConfig(learning_rate=float(self.learning_rate), momentum=float(self.momentum),
+                              batch_size=self.batch_size, epochs=epochs)
+        self.model_, stats = refine(self.model_, [data], config, context=key, enclave=client)
+        self.stats_: RefineStats = stats
+        coef, b = decrypt_model(key, self.model_)
+        self.coef_ = coef.reshape(1, -1)
+        self.intercept_ = np.array([b])
+        self.n_iter_ += epochs
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any) -> EncryptedLogisticRegression:
+        """Train from scratch: a fresh encrypted model, ``max_iter`` epochs."""
+        return self._partial_fit(X, y, epochs=int(self.max_iter), reset=True)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> EncryptedLogisticRegression:
+        """One refinement round: one epoch over ``(X, y)``, continuing the encrypted model."""
+        return self._partial_fit(X, y, epochs=1, reset=False, classes=classes)
+
+    # -- predicting (the owner decrypted the model; prediction is local) ----------
+    def decision_function(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return np.asarray(X @ self.coef_[0] + self.intercept_[0])
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-np.clip(self.decision_function(X), -500, 500)))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.asarray(self.classes_[(self.decision_function(X) > 0).astype(int)])
