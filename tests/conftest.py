@@ -1,0 +1,47 @@
+"""Shared fixtures: keys are slow to make (about a second), so tests share them per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.preprocessing import StandardScaler
+
+from cipherloop.ckks import PublicContext, SecretContext, preset, rotations_for_features
+from cipherloop.learn import EnclaveProcess
+
+
+@pytest.fixture(scope="session")
+def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    X, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    return StandardScaler().fit_transform(X)[order], y[order].astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def owner_key() -> SecretContext:
+    """The owner's key, with Galois keys for up to 32 features."""
+    return SecretContext.generate(preset("n8192"), rotations_for_features(32, 4096))
+
+
+@pytest.fixture(scope="session")
+def other_key() -> SecretContext:
+    """Another owner's key under the same parameters."""
+    return SecretContext.generate(preset("n8192"), rotations_for_features(32, 4096))
+
+
+@pytest.fixture(scope="session")
+def host_context(owner_key: SecretContext) -> PublicContext:
+    """What the host holds: the public context, round-tripped through bytes."""
+    return PublicContext.load(owner_key.public_context().serialize())
+
+
+@pytest.fixture(scope="session")
+def enclave(owner_key: SecretContext) -> Iterator[EnclaveProcess]:
+    """A real enclave process, provisioned with the owner's key."""
+    with EnclaveProcess() as proc:
+        proc.client.provision_local(owner_key.export_secret())
+        yield proc
