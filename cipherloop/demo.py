@@ -99,10 +99,11 @@ def run(config: DemoConfig, enclave: EnclaveClient, *,
     for r, (X, y) in enumerate(data.rounds, start=1):
         enc = encrypt_dataset(key, X, y)  # the owner (or a device) encrypts new data
         t0 = time.perf_counter()
-        model, stats = refine(
-            model, [enc], cfg, context=cloud, enclave=enclave,
-            on_step=(lambda i, n, r=r: on_progress(f"round {r}", i, n)) if on_progress else None,
-        )
+        def step(done: int, total: int, r: int = r) -> None:
+            if on_progress is not None:
+                on_progress(f"round {r}", done, total)
+
+        model, stats = refine(model, [enc], cfg, context=cloud, enclave=enclave, on_step=step)
         seconds = time.perf_counter() - t0
         plain = plain_refine(plain, [(X, y)], cfg)
         w, b = decrypt_model(key, model)  # the owner, back online, reads the model

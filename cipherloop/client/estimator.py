@@ -26,7 +26,7 @@ from ..learn.model import EncryptedModel
 from .data import decrypt_model, encrypt_dataset, encrypt_model
 
 
-class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):
+class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """Binary logistic regression trained on CKKS-encrypted data with an enclave's help.
 
     Parameters
@@ -137,7 +137,7 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     # -- fitting -----------------------------------------------------------------
     def _encode_labels(self, y: np.ndarray) -> np.ndarray:
-        return (y == self.classes_[1]).astype(np.float64)
+        return np.asarray(y == self.classes_[1], dtype=np.float64)
 
     def _partial_fit(self, X: Any, y: Any, *, epochs: int, reset: bool,
                      classes: Any = None) -> EncryptedLogisticRegression:
@@ -166,12 +166,12 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):
         self.n_iter_ += epochs
         return self
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @_fit_context(prefer_skip_nested_validation=True)  # type: ignore[untyped-decorator]
     def fit(self, X: Any, y: Any) -> EncryptedLogisticRegression:
         """Train from scratch: a fresh encrypted model, ``max_iter`` epochs."""
         return self._partial_fit(X, y, epochs=int(self.max_iter), reset=True)
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @_fit_context(prefer_skip_nested_validation=True)  # type: ignore[untyped-decorator]
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> EncryptedLogisticRegression:
         """One refinement round: one epoch over ``(X, y)``, continuing the encrypted model."""
         return self._partial_fit(X, y, epochs=1, reset=False, classes=classes)
@@ -180,7 +180,8 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):
     def decision_function(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        return np.asarray(X @ self.coef_[0] + self.intercept_[0])
+        scores: np.ndarray = X @ self.coef_[0] + self.intercept_[0]
+        return scores
 
     def predict_proba(self, X: Any) -> np.ndarray:
         p = 1.0 / (1.0 + np.exp(-np.clip(self.decision_function(X), -500, 500)))

@@ -6,6 +6,7 @@ Runs in: enclave.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -27,10 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s enclave %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     config = EnclaveConfig(a.socket, a.max_frame, a.platform, not a.no_local_provisioning)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve(config)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -119,7 +119,7 @@ def logistic_error(
         raise ShapeError("logits and labels must be sample blocks of the feature layout")
     if count < 1 or len(y_batch.items) != count:
         raise ShapeError("logits and labels need the same, non-zero number of blocks")
-    if not (0 <= first_block and first_block + count <= diag.n_blocks):
+    if not (first_block >= 0 and first_block + count <= diag.n_blocks):
         raise ShapeError("block range outside the layout")
     lo, hi = first_block * S, min((first_block + count) * S, diag.n_samples)
     if not (lo <= start < stop <= hi):

@@ -9,6 +9,7 @@ reported as a generic internal error, logged by type name only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -156,11 +157,9 @@ class _RequestHandler(socketserver.BaseRequestHandler):
                 return
             except ProtocolError as exc:
                 # Oversized, truncated or garbage: say so, then drop the connection.
-                try:
+                with contextlib.suppress(OSError):
                     send_frame(sock, {"ok": False, "error": {"type": "ProtocolError",
                                                              "message": str(exc)}})
-                except OSError:
-                    pass
                 return
             except OSError:
                 return

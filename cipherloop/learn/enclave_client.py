@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..enclave.framing import DEFAULT_MAX_FRAME, recv_frame, send_frame
 from ..errors import (
     EnclaveError,
     EnclaveUnavailable,
@@ -29,7 +30,6 @@ from ..errors import (
     ProtocolError,
     ShapeError,
 )
-from ..enclave.framing import DEFAULT_MAX_FRAME, recv_frame, send_frame
 
 _REMOTE_ERRORS: dict[str, type[Exception]] = {
     "EnclaveError": EnclaveError,
@@ -100,7 +100,7 @@ class EnclaveClient:
         if reply.get("ok") is True and isinstance(reply.get("result"), dict):
             result: dict[str, Any] = reply["result"]
             return result
-        err = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+        err: dict[str, Any] = reply["error"] if isinstance(reply.get("error"), dict) else {}
         kind = _REMOTE_ERRORS.get(str(err.get("type")), EnclaveError)
         if kind is ProtocolError:
             self.close()

@@ -97,7 +97,7 @@ class EncryptedModel:
         return self.layout if part.startswith("coef") else Replicated(1, 1, self.layout.slots)
 
     def with_parts(self, **parts: Ciphertext | None) -> EncryptedModel:
-        return replace(self, **parts)
+        return replace(self, **parts)  # type: ignore[arg-type]
 
     def to_bytes(self, context: _ContextBase) -> bytes:
         doc: dict[str, Any] = {"format": _MODEL_FORMAT}
