@@ -92,6 +92,16 @@ class _ContextBase:
         sc = self.params.scale if scale is None else scale
         return Ciphertext(self._backend, self._backend.encrypt(arr, level=lvl, scale=sc))
 
+    def encrypt_bytes(self, values: np.ndarray | Sequence[float], *, level: int | None = None,
+                      scale: float | None = None) -> bytes:
+        """Encrypt straight to wire bytes (seeded, half-size, when the secret key is here)."""
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        if arr.size > self.params.slots or not np.all(np.isfinite(arr)):
+            raise ValueError(f"need at most {self.params.slots} finite values")
+        lvl = self.params.top_level if level is None else level
+        sc = self.params.scale if scale is None else scale
+        return self._backend.encrypt_bytes(arr, level=lvl, scale=sc)
+
     def load_ciphertext(self, data: bytes) -> Ciphertext:
         return Ciphertext(self._backend, self._backend.load(data))
 

@@ -232,6 +232,16 @@ class SealBackend:
             self.counts["encrypt"] += 1
         return ct
 
+    def encrypt_bytes(self, values: np.ndarray, *, level: int, scale: float) -> bytes:
+        """Encrypt straight to bytes; with the secret key, as a seeded (half-size) ciphertext."""
+        pt = self.encode(values, level=level, scale=scale)
+        self.counts["encrypt"] += 1
+        if self._decryptor is not None:
+            return self._scratch.dump(self._encryptor.encrypt_symmetric(pt))
+        ct = seal.Ciphertext(self._ctx)
+        self._encryptor.encrypt(pt, ct)
+        return self._scratch.dump(ct)
+
     def can_decrypt(self) -> bool:
         return self._decryptor is not None
 
@@ -274,6 +284,13 @@ class SealBackend:
         out = seal.Ciphertext(self._ctx)
         self._evaluator.add_many(same, out)
         return out
+
+    def inner_product(self, left: Sequence[Any], right: Sequence[Any]) -> Any:
+        """``sum(l * r)`` accumulated in place, then one relinearisation and one rescale."""
+        acc = self.multiply(left[0], right[0])
+        for a, b in zip(left[1:], right[1:], strict=True):
+            self._evaluator.add_inplace(acc, self.multiply(a, b))
+        return self.rescale(self.relinearize(acc))
 
     def multiply(self, a: Any, b: Any) -> Any:
         a, b = self._aligned(a, b)

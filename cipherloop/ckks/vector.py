@@ -85,8 +85,7 @@ def inner(left: Sequence[Ciphertext], right: Sequence[Ciphertext]) -> Ciphertext
     if len(left) != len(right) or not left:
         raise ValueError("inner() needs two equally long, non-empty sequences")
     b = left[0]._backend
-    products = [b.multiply(x.handle, y.handle) for x, y in zip(left, right, strict=True)]
-    return Ciphertext(b, b.rescale(b.relinearize(b.add_many(products))))
+    return Ciphertext(b, b.inner_product([x.handle for x in left], [y.handle for y in right]))
 
 
 def add_many(cts: Sequence[Ciphertext]) -> Ciphertext:

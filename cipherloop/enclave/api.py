@@ -48,8 +48,8 @@ def _decrypt_all(entry: KeyEntry, batch: CiphertextBatch) -> list[np.ndarray]:
 def _seal(entry: KeyEntry, arrays: Sequence[np.ndarray], layout: dict[str, Any], *,
           level: int, scale: float) -> bytes:
     ctx = entry.context
-    cts = [ctx.encrypt(a, level=level, scale=scale) for a in arrays]
-    return CiphertextBatch.of(ctx, cts, layout).to_bytes()
+    items = tuple(ctx.encrypt_bytes(a, level=level, scale=scale) for a in arrays)
+    return CiphertextBatch(ctx.params.digest(), ctx.key_id, dict(layout), items).to_bytes()
 
 
 # --------------------------------------------------------------------------- refresh

@@ -68,8 +68,8 @@ def logits(features: Sequence[Ciphertext], w: Ciphertext, layout: Diagonals,
     w_rot = rotated_model(w, layout)
     bias = None
     if intercept is not None:
-        # Product scale: features (nominal) * w, divided by the prime the rescale drops.
-        scale = features[0].scale * w.scale / w.next_prime
+        # Product scale: features * w, divided by the prime the rescale drops.
+        scale = features[layout.index(blocks[0], 0, 0)].scale * w.scale / w.next_prime
         bias = bias_term(intercept, w.level, scale)
     return [logits_block(features, w_rot, layout, c, bias) for c in blocks]
 

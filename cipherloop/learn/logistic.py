@@ -24,8 +24,8 @@ from typing import Any
 from ..ckks import Ciphertext, CiphertextBatch
 from ..ckks.context import _ContextBase
 from ..errors import ShapeError
-from . import kernels
 from .enclave_client import EnclaveClient
+from .engine import Engine, LocalEngine
 from .model import EncryptedDataset, EncryptedModel
 
 
@@ -104,11 +104,13 @@ class LevelPlanner:
 
 
 class _Session:
-    """The pieces every step needs: context, enclave, key id and the running stats."""
+    """The pieces every step needs: context, enclave, engine, key id and the running stats."""
 
-    def __init__(self, context: _ContextBase, enclave: EnclaveClient, stats: RefineStats) -> None:
+    def __init__(self, context: _ContextBase, enclave: EnclaveClient, stats: RefineStats,
+                 engine: Engine | None = None) -> None:
         self.context = context
         self.enclave = enclave
+        self.engine = engine if engine is not None else LocalEngine(context)
         self.key_id = context.key_id
         self.stats = stats
 
@@ -154,7 +156,7 @@ def _step(model: EncryptedModel, data: EncryptedDataset, start: int, stop: int,
     blocks = list(range(c0, c1))
     u_w, u_b = _lookahead(model, config.momentum)
 
-    z = kernels.logits(data.features, u_w, layout, blocks, u_b)
+    z = session.engine.logits(data, u_w, u_b, blocks)
     samples = layout.samples.describe()
     e_raw, s_raw = session.enclave_call(
         session.enclave.logistic_error, session.key_id,
@@ -162,10 +164,7 @@ def _step(model: EncryptedModel, data: EncryptedDataset, start: int, stop: int,
         features=layout.describe(), first_block=c0, start=start, stop=stop,
         learning_rate=config.learning_rate, level=data.level, intercept=u_b is not None,
     )
-    errors = CiphertextBatch.from_bytes(e_raw).open(session.context,
-                                                    count=len(blocks) * layout.giant)
-    g = kernels.fold_replicas(kernels.gradient_partial(data.features, errors, layout, blocks),
-                              layout)
+    g = session.engine.gradient(data, CiphertextBatch.from_bytes(e_raw), blocks)
     new: dict[str, Ciphertext | None] = {"coef": u_w - g}
     if u_b is not None:
         assert s_raw is not None and model.intercept is not None
@@ -186,6 +185,7 @@ def refine(
     *,
     context: _ContextBase,
     enclave: EnclaveClient,
+    engine: Engine | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[EncryptedModel, RefineStats]:
     """Run ``config.epochs`` epochs of mini-batch steps over ``datasets``; return the new model.
@@ -197,13 +197,14 @@ def refine(
     config : hyperparameters.
     context : the owner's public context (or secret context, on the owner's side).
     enclave : client of an enclave provisioned with this context's key.
+    engine : where the kernels run (default: this process; see :class:`.engine.PoolEngine`).
     on_step : called with ``(steps done, steps total)`` after every step (progress bars).
     """
     for data in datasets:
         if data.n_features != model.n_features or data.layout.model != model.layout:
             raise ShapeError("data and model disagree on the number of features")
     stats = RefineStats()
-    session = _Session(context, enclave, stats)
+    session = _Session(context, enclave, stats, engine)
     planner = LevelPlanner(config.momentum)
     plan = [(d, s, e) for d in datasets for s, e in minibatches(d.n_samples, config.batch_size)]
     total = len(plan) * config.epochs
@@ -229,7 +230,7 @@ def scores(model: EncryptedModel, data: EncryptedDataset, *, context: _ContextBa
     if LevelPlanner(0.0).needs_refresh(model):
         model = refresh_model(model, session)
     blocks = list(range(data.layout.n_blocks))
-    return kernels.logits(data.features, model.coef, data.layout, blocks, model.intercept)
+    return session.engine.logits(data, model.coef, model.intercept, blocks)
 
 
 def evaluate(model: EncryptedModel, data: EncryptedDataset, *, context: _ContextBase,
