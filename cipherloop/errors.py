@@ -45,3 +45,63 @@ class AttestationError(CipherloopError):
 
 class KeyMaterialError(CipherloopError):
     """Key material is missing, unreadable, or does not match."""
+
+
+# --- Attestation and key provisioning: one class per failed check. -------------------
+# Messages name the check that failed, never key, envelope or sealed-blob bytes.
+
+
+class EvidenceMalformed(AttestationError):
+    """Evidence (or an offer carrying it) could not be parsed as a supported format."""
+
+
+class EvidenceSignatureInvalid(AttestationError):
+    """The evidence's own signature (document or quote) does not verify."""
+
+
+class UntrustedRoot(AttestationError):
+    """The evidence's certificate chain does not lead to a root the verifier pins."""
+
+
+class SimulationNotAllowed(UntrustedRoot):
+    """Evidence comes from the simulated TEE and the policy does not allow simulation."""
+
+
+class CollateralExpired(AttestationError):
+    """A certificate, CRL or TCB collateral item is not valid at the verification time."""
+
+
+class TcbStatusRejected(AttestationError):
+    """The platform's TCB status is not one the verifier policy accepts."""
+
+
+class DebugEnclaveRejected(AttestationError):
+    """The enclave runs in debug mode, so the host can read its memory."""
+
+
+class MeasurementNotAllowed(AttestationError):
+    """The enclave's measurement is not on the owner's allowlist."""
+
+
+class FreshnessError(AttestationError):
+    """Evidence is not fresh: too old, or it answers another or an already used challenge."""
+
+
+class StaleEvidence(FreshnessError):
+    """The evidence's timestamp is older than the policy allows (or in the future)."""
+
+
+class ReplayedChallenge(FreshnessError):
+    """A challenge was used twice, or the offer answers another session."""
+
+
+class ReportDataMismatch(AttestationError):
+    """The evidence's report data does not bind this public key, nonce and session."""
+
+
+class ProvisioningFailed(AttestationError):
+    """The enclave refused a key envelope; deliberately says nothing about why."""
+
+
+class PlatformUnavailable(AttestationError):
+    """The TEE device or service this platform needs is not available here."""
