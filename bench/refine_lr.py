@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.datasets import load_breast_cancer
 from sklearn.preprocessing import StandardScaler
 
+from cipherloop.attest import VerifierPolicy
 from cipherloop.ckks import (
     Ciphertext,
     CiphertextBatch,
@@ -31,6 +32,7 @@ from cipherloop.ckks import (
     rotations_for_features,
 )
 from cipherloop.client.data import decrypt_model, encrypt_dataset, encrypt_model
+from cipherloop.client.provisioning import provision, simulated_policy
 from cipherloop.learn import EnclaveClient, EnclaveProcess, EncryptedDataset, RefineConfig, refine
 from cipherloop.learn.reference import PlainModel, plain_refine
 
@@ -94,7 +96,8 @@ def time_plain(X: np.ndarray, y: np.ndarray, config: RefineConfig) -> tuple[floa
 
 
 # ------------------------------------------------------- the straightforward reference
-def straightforward_epoch(X: np.ndarray, y: np.ndarray, enclave: EnclaveClient) -> float:
+def straightforward_epoch(X: np.ndarray, y: np.ndarray, enclave: EnclaveClient,
+                          verifier: VerifierPolicy) -> float:
     """One full-batch epoch with one ciphertext per feature and block (column packing).
 
     ``z`` needs no rotation (the weights are replicated per feature), but every
@@ -105,7 +108,7 @@ def straightforward_epoch(X: np.ndarray, y: np.ndarray, enclave: EnclaveClient) 
     params = preset("n8192")
     owner = SecretContext.generate(params, [1 << k for k in range(12)])
     host = owner.public_context()
-    enclave.provision_local(owner.export_secret())
+    provision(enclave, owner, verifier, quiet_simulation=True)
     layout = Diagonals(n, d, SLOTS, Diagonals.plan(n, d, SLOTS).period)  # giant = 1: e unrotated
     samples = layout.samples
     cols = [[owner.encrypt(col) for col in np.asarray(samples.pack(X[:, j]))] for j in range(d)]
@@ -145,14 +148,14 @@ def straightforward_epoch(X: np.ndarray, y: np.ndarray, enclave: EnclaveClient) 
 
 # ----------------------------------------------------------------------------- one data set
 def run(name: str, X: np.ndarray, y: np.ndarray, *, epochs: int, reference: bool,
-        enclave: EnclaveClient) -> Row:
+        enclave: EnclaveClient, verifier: VerifierPolicy) -> Row:
     n_train = int(len(y) * 0.8)
     Xtr, ytr, Xte, yte = X[:n_train], y[:n_train], X[n_train:], y[n_train:]
     d = X.shape[1]
     config = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=None, epochs=epochs)
     owner = SecretContext.generate(preset("n8192"), rotations_for_features(d, SLOTS))
     host = PublicContext.load(owner.public_context().serialize())
-    enclave.provision_local(owner.export_secret())
+    provision(enclave, owner, verifier, quiet_simulation=True)
     data, nbytes = to_host(host, owner, encrypt_dataset(owner, Xtr, ytr))
     model = encrypt_model(host, np.zeros(d), 0.0)
 
@@ -161,7 +164,7 @@ def run(name: str, X: np.ndarray, y: np.ndarray, *, epochs: int, reference: bool
     trained, stats = refine(model, [data], config, context=host, enclave=enclave)
     w, b = decrypt_model(owner, trained)
     plain_epoch, ref = time_plain(Xtr, ytr, config)
-    straight = straightforward_epoch(Xtr, ytr, enclave) if reference else None
+    straight = straightforward_epoch(Xtr, ytr, enclave, verifier) if reference else None
     return Row(
         name=name, n=n_train, d=d,
         enc_epoch=stats.seconds / epochs, plain_epoch=plain_epoch,
@@ -204,11 +207,12 @@ def main() -> None:
     a = ap.parse_args()
     n_syn = 4096 if a.quick else 16384
     with EnclaveProcess() as proc:
+        verifier = simulated_policy(proc.state_dir)
         rows = [
             run("breast cancer", *breast_cancer(), epochs=5 if a.quick else 20, reference=True,
-                enclave=proc.client),
+                enclave=proc.client, verifier=verifier),
             run("synthetic", *synthetic(int(n_syn / 0.8), 64), epochs=2 if a.quick else 5,
-                reference=True, enclave=proc.client),
+                reference=True, enclave=proc.client, verifier=verifier),
         ]
     report(rows)
 

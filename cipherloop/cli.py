@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -56,6 +56,8 @@ def demo(
     Prints a table per round and saves a PNG plot of accuracy per round.
     """
     from . import demo as demo_mod
+    from .attest import describe
+    from .client.provisioning import simulated_policy
     from .learn import EnclaveProcess
 
     config = demo_mod.DemoConfig(rounds=rounds, epochs_per_round=epochs, params=params)
@@ -64,8 +66,14 @@ def demo(
     for col in ("round", "seen", "enc acc", "plain acc", "gap", "sec", "refr", "encl s"):
         table.add_column(col, justify="right", no_wrap=True)
     console.print("[bold yellow]Simulated TEE:[/] the enclave runs as a separate local process "
-                  "(platform 'sim'); it is not hardware-isolated.")
+                  "(platform 'sim'); it is not hardware-isolated. Simulation is explicitly allowed "
+                  "for this demo.")
     with _progress() as progress, EnclaveProcess() as enclave:
+        def on_attested(verified: Any) -> None:
+            progress.console.print("[bold]enclave attested[/] (key released only after this):")
+            for label, value in describe(verified):
+                progress.console.print(f"  {label:<12} {value}")
+
         task = progress.add_task("refining", total=None)
 
         def on_progress(label: str, done: int, total: int) -> None:
@@ -78,7 +86,8 @@ def demo(
             progress.console.print(f"round {r.round}: encrypted accuracy {r.encrypted_accuracy:.3f}, "
                                    f"plaintext {r.plaintext_accuracy:.3f}")
 
-        results = demo_mod.run(config, enclave.client, on_round=on_round, on_progress=on_progress)
+        results = demo_mod.run(config, enclave.client, simulated_policy(enclave.state_dir),
+                               on_attested=on_attested, on_round=on_round, on_progress=on_progress)
     console.print(table)
     path = demo_mod.plot(results, out / "accuracy_per_round.png")
     console.print(f"plot saved to [bold]{path}[/]")

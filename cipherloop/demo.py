@@ -20,8 +20,10 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from .attest import VerifiedEvidence, VerifierPolicy
 from .ckks import SecretContext, preset, rotations_for_features
 from .client.data import decrypt_model, encrypt_dataset, encrypt_model
+from .client.provisioning import provision
 from .learn import EnclaveClient, RefineConfig, refine
 from .learn.reference import PlainModel, plain_refine
 
@@ -74,16 +76,18 @@ def accuracy(w: np.ndarray, b: float, data: tuple[np.ndarray, np.ndarray]) -> fl
     return float(np.mean((X @ w + b > 0) == (y > 0.5)))
 
 
-def run(config: DemoConfig, enclave: EnclaveClient, *,
+def run(config: DemoConfig, enclave: EnclaveClient, verifier: VerifierPolicy, *,
+        on_attested: Callable[[VerifiedEvidence], None] | None = None,
         on_round: Callable[[RoundResult], None] | None = None,
         on_progress: Callable[[str, int, int], None] | None = None) -> list[RoundResult]:
-    """Run the rounds against a provisioned-on-demand enclave; return one result per round."""
+    """Provision the enclave by attestation, then run the rounds; one result per round."""
     data = split(config)
     params = preset(config.params)
     d = data.first[0].shape[1]
     key = SecretContext.generate(params, rotations_for_features(d, params.slots))
-    key_id = enclave.provision_local(key.export_secret())
-    assert key_id == key.key_id
+    verified = provision(enclave, key, verifier)  # the owner checks the enclave first
+    if on_attested is not None:
+        on_attested(verified)
     cloud = key.public_context()  # all the host ever holds
 
     cfg = RefineConfig(learning_rate=config.learning_rate, momentum=config.momentum,

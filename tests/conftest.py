@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from enclavekit import provision_sim
 from sklearn.datasets import load_breast_cancer
 from sklearn.preprocessing import StandardScaler
 
@@ -41,7 +42,7 @@ def host_context(owner_key: SecretContext) -> PublicContext:
 
 @pytest.fixture(scope="session")
 def enclave(owner_key: SecretContext) -> Iterator[EnclaveProcess]:
-    """A real enclave process, provisioned with the owner's key."""
+    """A real enclave process, provisioned with the owner's key by the attested protocol."""
     with EnclaveProcess() as proc:
-        proc.client.provision_local(owner_key.export_secret())
+        provision_sim(proc, owner_key)
         yield proc

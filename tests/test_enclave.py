@@ -8,10 +8,12 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import cbor2
 import numpy as np
 import pytest
+from enclavekit import provision_sim
 
 from cipherloop.ckks import CiphertextBatch, Diagonals, PublicContext, SecretContext, preset
 from cipherloop.client.data import encrypt_dataset, encrypt_model
@@ -197,8 +199,7 @@ def test_evaluate_releases_only_policy_metrics_rounded(owner_key: SecretContext,
     z, y = rng.standard_normal(n), (rng.random(n) > 0.5).astype(float)
     zb, yb = _batch(host_context, L.pack(z), L.describe()), _batch(host_context, L.pack(y), L.describe(), 0)
     with EnclaveProcess() as proc:
-        proc.client.provision_local(owner_key.export_secret(),
-                                    {"release": ["accuracy"], "max_releases_per_hour": 2})
+        provision_sim(proc, owner_key, {"release": ["accuracy"], "max_releases_per_hour": 2})
         got = proc.client.evaluate(owner_key.key_id, z=zb, y=yb, metrics=["accuracy"])
         assert got == {"accuracy": round(float(np.mean((z > 0) == (y > 0.5))), 3)}
         with pytest.raises(PolicyViolation):
@@ -213,17 +214,35 @@ def test_evaluate_releases_only_policy_metrics_rounded(owner_key: SecretContext,
                                  metrics=["accuracy"])
 
 
-def test_local_provisioning_can_be_disabled(owner_key: SecretContext) -> None:
-    with EnclaveProcess(extra_args=["--no-local-provisioning"]) as proc, \
-            pytest.raises(EnclaveError, match="disabled"):
+def test_unattested_key_hand_over_is_off_by_default(owner_key: SecretContext) -> None:
+    with EnclaveProcess() as proc, pytest.raises(EnclaveError, match="disabled"):
         proc.client.provision_local(owner_key.export_secret())
 
 
-def test_garbage_secret_is_refused_without_echo(enclave: EnclaveProcess) -> None:
+def test_garbage_secret_is_refused_without_echo() -> None:
     secret = b"\x01\x02secret-bytes-that-must-not-echo"
-    with pytest.raises(EnclaveError) as info:
-        enclave.client.provision_local(secret)
-    assert "secret-bytes" not in str(info.value)
+    with EnclaveProcess(extra_args=["--allow-local-provisioning"]) as proc:
+        with pytest.raises(EnclaveError) as info:
+            proc.client.provision_local(secret)
+        assert "secret-bytes" not in str(info.value)
+        assert proc.client.hello()["keys"] == []
+
+
+def test_envelope_for_an_unknown_session_is_refused(enclave: EnclaveProcess) -> None:
+    with pytest.raises(EnclaveError, match="provisioning failed"):
+        enclave.client.provision(b"\x00" * 16, b"not an envelope")
+    assert _still_serving(enclave)
+
+
+def test_sealed_key_survives_a_restart(owner_key: SecretContext, host_context: PublicContext,
+                                       tmp_path: Path) -> None:
+    data, model = _tiny_problem(owner_key)
+    with EnclaveProcess(state_dir=tmp_path) as proc:
+        provision_sim(proc, owner_key)
+    with EnclaveProcess(state_dir=tmp_path) as again:  # the owner is offline now
+        assert again.client.hello()["keys"] == [owner_key.key_id]
+        refine(model, [data], RefineConfig(epochs=1), context=host_context,  # type: ignore[list-item,arg-type]
+               enclave=again.client)
 
 
 # -- failure of the enclave itself ----------------------------------------------------------
@@ -238,7 +257,7 @@ def test_dead_enclave_is_a_clear_error_not_a_hang(owner_key: SecretContext) -> N
     data, model = _tiny_problem(owner_key)
     proc = EnclaveProcess(timeout=30).start()
     try:
-        proc.client.provision_local(owner_key.export_secret())
+        provision_sim(proc, owner_key)
         assert proc.proc is not None
         os.kill(proc.proc.pid, signal.SIGKILL)
         proc.proc.wait()
@@ -253,9 +272,11 @@ def test_dead_enclave_is_a_clear_error_not_a_hang(owner_key: SecretContext) -> N
 
 def test_hung_enclave_times_out(owner_key: SecretContext) -> None:
     data, model = _tiny_problem(owner_key)
-    proc = EnclaveProcess(timeout=2).start()
+    proc = EnclaveProcess(timeout=5).start()
     try:
-        proc.client.provision_local(owner_key.export_secret())
+        provision_sim(proc, owner_key)
+        proc.client.timeout = 2
+        proc.client.close()
         assert proc.proc is not None
         os.kill(proc.proc.pid, signal.SIGSTOP)
         with pytest.raises(EnclaveUnavailable, match="died or hung"):

@@ -198,8 +198,17 @@ class Diagonals:
 
 
 def rotations_for_features(n_features: int, slots: int) -> list[int]:
-    """Rotation steps needed to train on ``n_features`` features, whatever the sample count."""
-    return Diagonals.plan(1, n_features, slots).rotations()
+    """Rotation steps that train on any number of features up to ``n_features``.
+
+    Every power of two below ``slots`` (the fold of any smaller period, and the
+    giant step) plus the unit step back; Galois keys are made once per owner key.
+    """
+    need = set(Diagonals.plan(1, n_features, slots).rotations())
+    k = 1
+    while k < slots:
+        need.add(k)
+        k *= 2
+    return sorted(need)
 
 
 def from_description(desc: dict[str, Any]) -> SampleBlocks | Replicated | Diagonals:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import weakref
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from ..ckks import PRESETS, SecretContext, preset, rotations_for_features
 from ..learn import EnclaveClient, EnclaveProcess, RefineConfig, RefineStats, refine
 from ..learn.model import EncryptedModel
 from .data import decrypt_model, encrypt_dataset, encrypt_model
+from .provisioning import provision, simulated_policy
 
 
 class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
@@ -43,8 +45,11 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
     params : str, default="n8192"
         CKKS parameter preset (see :data:`cipherloop.ckks.PRESETS`).
     enclave : str or None, default=None
-        Socket path of a running enclave to use; ``None`` starts a private
-        enclave process on first use (stopped by :meth:`close` or at exit).
+        Socket path of a running simulated enclave (its state directory holds
+        the socket) to use; ``None`` starts a private enclave process on first
+        use (stopped by :meth:`close` or at exit). Either way the key is
+        released only after attestation; the simulated TEE is accepted
+        explicitly, since this estimator runs on the owner's own machine.
 
     Attributes
     ----------
@@ -112,6 +117,7 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
             self._key = key
             self._provisioned = False
         client: EnclaveClient | None = getattr(self, "_client", None)
+        process: EnclaveProcess | None = getattr(self, "_process", None)
         if client is None:
             if self.enclave is None:
                 process = EnclaveProcess().start()
@@ -123,7 +129,8 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
             self._client = client
             self._provisioned = False
         if not getattr(self, "_provisioned", False):
-            client.provision_local(key.export_secret())
+            state_dir = process.state_dir if process is not None else Path(str(self.enclave)).parent
+            provision(client, key, simulated_policy(state_dir), quiet_simulation=True)
             self._provisioned = True
         return key, client
 

@@ -20,14 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cipherloop.enclave",
                                 description="Serve the cipherloop enclave operations.")
     p.add_argument("--socket", required=True, type=Path, help="Unix socket path to listen on")
+    p.add_argument("--state-dir", required=True, type=Path,
+                   help="platform state and sealed keys (survive restarts)")
     p.add_argument("--platform", default="sim", choices=["sim", "sgx", "nitro"])
     p.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME)
-    p.add_argument("--no-local-provisioning", action="store_true",
-                   help="refuse the development key hand-over; accept attested keys only")
+    p.add_argument("--allow-local-provisioning", action="store_true",
+                   help="also accept the unattested development key hand-over (tests only)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s enclave %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    config = EnclaveConfig(a.socket, a.max_frame, a.platform, not a.no_local_provisioning)
+    config = EnclaveConfig(a.socket, a.state_dir, a.max_frame, a.platform,
+                           a.allow_local_provisioning)
     with contextlib.suppress(KeyboardInterrupt):
         serve(config)
     return 0

@@ -15,15 +15,17 @@ import os
 import socket
 import socketserver
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CipherloopError, EnclaveError, ProtocolError
-from . import api
+from ..errors import CipherloopError, EnclaveError, ProtocolError, ProvisioningFailed
+from . import api, provision
 from .framing import DEFAULT_MAX_FRAME, PROTOCOL, PeerClosed, recv_frame, send_frame
 from .keystore import KeyStore
+from .platform import Platform, load_platform
 from .policy import Policy
 
 log = logging.getLogger("cipherloop.enclave")
@@ -35,14 +37,21 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 class EnclaveConfig:
     """How the enclave process runs.
 
-    ``allow_local_provisioning`` admits the development key hand-over
-    (``provision_local``); attested provisioning replaces it in production.
+    ``state_dir`` holds the platform's state (for ``sim``: its root and host
+    secret) and the sealed keys, so a restarted enclave serves without the
+    owner. ``allow_local_provisioning`` admits the development key hand-over
+    (``provision_local``), off by default: keys arrive by attested provisioning.
     """
 
     socket_path: Path
+    state_dir: Path
     max_frame: int = DEFAULT_MAX_FRAME
     platform: str = "sim"
-    allow_local_provisioning: bool = True
+    allow_local_provisioning: bool = False
+
+    @property
+    def sealed_dir(self) -> Path:
+        return self.state_dir / "sealed-keys"
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -59,11 +68,21 @@ def _opt(args: dict[str, Any], name: str, kind: type, default: Any) -> Any:
 class Enclave:
     """Operation dispatch over a :class:`KeyStore`; transport-free, so tests can call it."""
 
-    def __init__(self, config: EnclaveConfig, keys: KeyStore | None = None) -> None:
+    MAX_PENDING = 16
+
+    def __init__(self, config: EnclaveConfig, keys: KeyStore | None = None,
+                 platform: Platform | None = None) -> None:
         self.config = config
         self.keys = keys if keys is not None else KeyStore()
+        settings = {"state_dir": config.state_dir / "platform"} if config.platform == "sim" else {}
+        self.platform = platform if platform is not None else load_platform(config.platform, **settings)
+        self.measurement = self.platform.measurement().hex()
+        self._pending: OrderedDict[bytes, provision.ProvisionState] = OrderedDict()
+        self._pending_lock = threading.Lock()
         self._ops: dict[str, Handler] = {
             "hello": self._hello,
+            "attest": self._attest,
+            "provision": self._provision,
             "provision_local": self._provision_local,
             "refresh": self._refresh,
             "logistic_error": self._logistic_error,
@@ -71,9 +90,18 @@ class Enclave:
             "compare": self._compare,
         }
 
-    def register(self, name: str, handler: Handler) -> None:
-        """Add an operation (attested provisioning plugs in here)."""
-        self._ops[name] = handler
+    def restore_sealed(self) -> int:
+        """Unseal every key sealed by this enclave code; a restart needs no owner."""
+        restored = 0
+        for path in sorted(self.config.sealed_dir.glob("*.sealed")):
+            try:
+                key = provision.load_sealed(self.platform, path)
+                self.keys.install(key.secret_key_bytes, Policy.from_dict(dict(key.policy)))
+                restored += 1
+            except (CipherloopError, ValueError, TypeError):
+                log.warning("sealed key %s does not unseal under this enclave's measurement",
+                            path.name)
+        return restored
 
     def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
         op = msg.get("op")
@@ -93,8 +121,37 @@ class Enclave:
 
     # -- operations ----------------------------------------------------------
     def _hello(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"protocol": PROTOCOL, "platform": self.config.platform, "pid": os.getpid(),
-                "keys": self.keys.key_ids()}
+        return {"protocol": PROTOCOL, "platform": self.platform.name, "pid": os.getpid(),
+                "measurement": self.measurement, "keys": self.keys.key_ids()}
+
+    def _attest(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Step 2 of provisioning: an ephemeral key and evidence bound to the owner's challenge."""
+        nonce, session = _arg(args, "nonce", bytes), _arg(args, "session_id", bytes)
+        try:
+            offer, state = provision.begin(self.platform, nonce, session)
+        except ValueError:
+            raise EnclaveError("nonce must be 32 bytes and session_id 16 bytes") from None
+        with self._pending_lock:
+            self._pending[session] = state
+            while len(self._pending) > self.MAX_PENDING:
+                self._pending.popitem(last=False)
+        return offer.to_dict()
+
+    def _provision(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Step 5: open the owner's envelope, install the key, seal it to storage."""
+        session, envelope = _arg(args, "session_id", bytes), _arg(args, "envelope", bytes)
+        with self._pending_lock:
+            state = self._pending.pop(session, None)
+        if state is None:
+            raise ProvisioningFailed("provisioning failed")
+        key = provision.accept(state, envelope)
+        try:
+            policy = Policy.from_dict(dict(key.policy))
+        except (TypeError, ValueError):
+            raise ProvisioningFailed("provisioning failed") from None
+        key_id = self.keys.install(key.secret_key_bytes, policy)
+        provision.store_sealed(self.platform, self.config.sealed_dir / f"{key_id}.sealed", key)
+        return {"key_id": key_id}
 
     def _provision_local(self, args: dict[str, Any]) -> dict[str, Any]:
         if not self.config.allow_local_provisioning:
@@ -192,7 +249,10 @@ def serve(config: EnclaveConfig, enclave: Enclave | None = None,
         server = _Server(str(path), enclave if enclave is not None else Enclave(config))
     finally:
         os.umask(old)
-    log.info("enclave (%s platform) listening on %s", config.platform, path)
+    enclave = server.enclave
+    restored = enclave.restore_sealed()
+    log.info("enclave (%s platform, measurement %s...) listening on %s with %d sealed key(s)",
+             enclave.platform.name, enclave.measurement[:16], path, restored)
     if ready is not None:
         ready.set()
     try:

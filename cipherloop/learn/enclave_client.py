@@ -110,8 +110,16 @@ class EnclaveClient:
     def hello(self) -> dict[str, Any]:
         return self.call("hello")
 
+    def attest(self, nonce: bytes, session_id: bytes) -> dict[str, Any]:
+        """Ask for evidence bound to the owner's challenge (an offer, see ``enclave.provision``)."""
+        return self.call("attest", nonce=nonce, session_id=session_id)
+
+    def provision(self, session_id: bytes, envelope: bytes) -> str:
+        """Deliver the owner's HPKE envelope for that session; returns the installed key id."""
+        return str(self.call("provision", session_id=session_id, envelope=envelope)["key_id"])
+
     def provision_local(self, secret: bytes, policy: dict[str, Any] | None = None) -> str:
-        """Development hand-over of the secret key; attested provisioning replaces it."""
+        """Unattested development hand-over; the enclave refuses it unless started to allow it."""
         return str(self.call("provision_local", secret=secret, policy=policy or {})["key_id"])
 
     def refresh(self, key_id: str, batches: Sequence[bytes], *, level: int | None = None) -> list[bytes]:
@@ -143,15 +151,17 @@ class EnclaveProcess:
     Use as a context manager; :attr:`client` talks to it.
     """
 
-    def __init__(self, *, socket_path: str | os.PathLike[str] | None = None,
+    def __init__(self, *, state_dir: str | os.PathLike[str] | None = None,
+                 socket_path: str | os.PathLike[str] | None = None,
                  platform: str = "sim", startup_timeout: float = 60.0,
                  extra_args: Sequence[str] = (), log_path: str | os.PathLike[str] | None = None,
                  timeout: float = 300.0) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if socket_path is None:
+        if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cipherloop-enclave-")
-            socket_path = Path(self._tmp.name) / "enclave.sock"
-        self.socket_path = Path(socket_path)
+            state_dir = self._tmp.name
+        self.state_dir = Path(state_dir)
+        self.socket_path = Path(socket_path) if socket_path else self.state_dir / "enclave.sock"
         self.platform = platform
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args)
@@ -166,7 +176,7 @@ class EnclaveProcess:
 
     def start(self) -> EnclaveProcess:
         cmd = [sys.executable, "-m", "cipherloop.enclave", "--socket", str(self.socket_path),
-               "--platform", self.platform, *self.extra_args]
+               "--state-dir", str(self.state_dir), "--platform", self.platform, *self.extra_args]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.startup_timeout

@@ -1,0 +1,76 @@
+"""The owner's side of key provisioning: verify the enclave, then release the key to it.
+
+Runs in: owner. Transport stays out: any :class:`EnclaveClient`-like object with
+``attest(nonce, session_id)`` and ``provision(session_id, envelope)`` works --
+the enclave socket directly, or the cloud service relaying to its enclave.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..attest import SimulatedEvidenceWarning, VerifiedEvidence, VerifierPolicy, provision_enclave
+from ..ckks import SecretContext
+
+
+class EnclaveLink(Protocol):
+    def attest(self, nonce: bytes, session_id: bytes) -> dict[str, Any]: ...
+
+    def provision(self, session_id: bytes, envelope: bytes) -> str: ...
+
+
+def local_measurement() -> str:
+    """The measurement this installation's enclave code has (``cipherloop enclave measure``)."""
+    from ..enclave.platform.sim import measure_package
+
+    return measure_package().hex()
+
+
+def sim_root(state_dir: str | Path) -> bytes:
+    """The simulated TEE root an enclave created in ``state_dir``, for the owner to pin."""
+    from ..enclave.platform.sim import SimPlatform
+
+    return SimPlatform(Path(state_dir) / "platform").root_certificate_pem()
+
+
+def simulated_policy(state_dir: str | Path, measurements: Collection[str] | None = None
+                     ) -> VerifierPolicy:
+    """Accept the local simulated enclave: its root pinned, its measurement allowlisted.
+
+    Development only. Every acceptance warns; the result says ``simulated=True``.
+    """
+    allowed = set(measurements) if measurements is not None else {local_measurement()}
+    return VerifierPolicy(measurements=allowed, allow_simulated=True,
+                          pinned_roots=(sim_root(state_dir),))
+
+
+def provision(link: EnclaveLink, key: SecretContext, verifier: VerifierPolicy, *,
+              policy: Mapping[str, Any] | None = None, quiet_simulation: bool = False
+              ) -> VerifiedEvidence:
+    """Challenge the enclave, verify its evidence, and send it the HPKE-wrapped secret key.
+
+    Parameters
+    ----------
+    link : the enclave, directly or through the service.
+    key : the owner's secret context.
+    verifier : what the owner accepts as a trustworthy enclave.
+    policy : the release policy the enclave must enforce for this key.
+    quiet_simulation : suppress the simulated-evidence warning (the caller shows its own).
+    """
+    sessions: list[bytes] = []
+
+    def offer(nonce: bytes, session_id: bytes) -> dict[str, Any]:
+        sessions.append(session_id)
+        return link.attest(nonce, session_id)
+
+    def send(envelope: bytes) -> None:
+        link.provision(sessions[-1], envelope)
+
+    with warnings.catch_warnings():
+        if quiet_simulation:
+            warnings.simplefilter("ignore", SimulatedEvidenceWarning)
+        return provision_enclave(offer, send, key.export_secret(), key.key_id, key.params.digest(),
+                                 dict(policy or {}), verifier)
