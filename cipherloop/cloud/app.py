@@ -1,0 +1,139 @@
+"""The FastAPI application: composed from settings, one router per concern.
+
+Runs in: host. :func:`create_app` builds everything a request needs (engine,
+blob store, context cache) from the settings it is given and the refiner it
+is handed; nothing is built at import time, so tests need no environment.
+Errors of every layer reach the client through one exception handler as
+``{"detail": "..."}`` with a status from one table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from .. import __version__
+from ..errors import (
+    AttestationError,
+    CipherloopError,
+    EnclaveError,
+    EnclaveUnavailable,
+    InvalidCiphertext,
+    KeyMaterialError,
+    PolicyViolation,
+    ProtocolError,
+    ShapeError,
+)
+from .blobs import BlobCorrupted, BlobStore
+from .crud import Conflict
+from .db import make_engine, make_sessionmaker
+from .deps import BodyLimit, Services
+from .keys import ContextCache
+from .refiner import Refiner
+from .routes import contexts, models, predict, rounds, tenants, uploads
+from .settings import Settings
+
+log = logging.getLogger("cipherloop.cloud")
+
+# Most specific first: the first class an exception is an instance of decides.
+ERROR_STATUS: tuple[tuple[type[Exception], int, str | None], ...] = (
+    (PolicyViolation, status.HTTP_403_FORBIDDEN, None),
+    (EnclaveUnavailable, status.HTTP_503_SERVICE_UNAVAILABLE, None),
+    (EnclaveError, status.HTTP_409_CONFLICT, None),
+    (InvalidCiphertext, status.HTTP_422_UNPROCESSABLE_CONTENT, None),  # ParameterMismatch too
+    (ShapeError, status.HTTP_422_UNPROCESSABLE_CONTENT, None),
+    (KeyMaterialError, status.HTTP_422_UNPROCESSABLE_CONTENT, None),
+    (ProtocolError, status.HTTP_502_BAD_GATEWAY, None),
+    (AttestationError, status.HTTP_502_BAD_GATEWAY, None),
+    (Conflict, status.HTTP_409_CONFLICT, None),
+    (CipherloopError, status.HTTP_400_BAD_REQUEST, None),
+    # Never echo these: their messages may name paths or SQL.
+    (BlobCorrupted, status.HTTP_500_INTERNAL_SERVER_ERROR, "stored data is damaged"),
+    (OperationalError, status.HTTP_503_SERVICE_UNAVAILABLE, "database unavailable"),
+    (FileNotFoundError, status.HTTP_500_INTERNAL_SERVER_ERROR, "stored data is missing"),
+    (OSError, status.HTTP_503_SERVICE_UNAVAILABLE, "storage unavailable"),
+)
+
+
+def status_for(exc: Exception) -> tuple[int, str]:
+    """The HTTP status and client message for an exception of any layer.
+
+    Examples
+    --------
+    >>> status_for(PolicyViolation("no release"))
+    (403, 'no release')
+    """
+    for kind, code, message in ERROR_STATUS:
+        if isinstance(exc, kind):
+            return code, message if message is not None else str(exc) or kind.__name__
+    return status.HTTP_500_INTERNAL_SERVER_ERROR, "internal error"
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    """The one exception handler: map to a status, answer ``{"detail": ...}``."""
+    code, detail = status_for(exc)
+    if code >= 500:
+        log.warning("%s %s -> %d (%s)", request.method, request.url.path, code,
+                    type(exc).__name__)
+    return JSONResponse({"detail": detail}, status_code=code)
+
+
+def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = None) -> FastAPI:
+    """The service's ASGI application.
+
+    Parameters
+    ----------
+    settings : Settings
+    refiner : Refiner
+        Does the encrypted work (model checks, inference); the worker uses its own.
+    engine : Engine, optional
+        A database engine to share; by default one is made from
+        ``settings.db_url`` (tables created) and disposed at shutdown.
+
+    Returns
+    -------
+    FastAPI
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from cipherloop.cloud.refiner import LearnRefiner
+    >>> s = Settings(admin_token="a" * 32, data_dir=Path(tempfile.mkdtemp()))
+    >>> app = create_app(s, refiner=LearnRefiner())
+    >>> "/v1/models" in app.openapi()["paths"]
+    True
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    own_engine = engine is None
+    db = make_engine(settings.db_url) if engine is None else engine
+    blobs = BlobStore(settings.blob_dir)
+    services = Services(settings=settings, sessions=make_sessionmaker(db), blobs=blobs,
+                        contexts=ContextCache(blobs, size=settings.context_cache),
+                        refiner=refiner)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if own_engine:
+            db.dispose()
+
+    app = FastAPI(
+        title="cipherloop cloud",
+        version=__version__,
+        summary="Refines encrypted models on its own as encrypted data arrives.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    for kind in (CipherloopError, Conflict, BlobCorrupted, OperationalError, OSError):
+        app.add_exception_handler(kind, handle_error)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    for module in (tenants, contexts, models, uploads, rounds, predict):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,201 @@
+"""Request and response bodies of the HTTP API: one pydantic model per direction.
+
+Runs in: host. ``*Create``/``*In`` models are what a client sends; ``*Public``
+models are what it gets back. Response models name their fields explicitly,
+so a token hash or any other column added later can't leak by accident.
+Token secrets appear in exactly two responses (:class:`TenantCreated`,
+:class:`TokenCreated`), once, at creation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .policy import RefinePolicy
+
+Name = Field(min_length=1, max_length=200)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+# --------------------------------------------------------------- tenants and tokens
+class TenantCreate(_In):
+    name: str = Name
+
+
+class TenantPublic(_Out):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class TenantCreated(TenantPublic):
+    owner_token: str = Field(description="The owner's bearer token. Shown once; store it.")
+
+
+class Whoami(BaseModel):
+    tenant_id: str
+    tenant_name: str
+    token_id: str
+    role: str
+
+
+class TokenCreate(_In):
+    role: Literal["contributor", "predict"] = Field(
+        description="contributor: upload data only; predict: encrypted inference only"
+    )
+    label: str = Field(default="", max_length=200)
+
+
+class TokenPublic(_Out):
+    id: str
+    role: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="The bearer token. Shown once; store it.")
+
+
+# ------------------------------------------------------------------------ contexts
+class ContextPublic(_Out):
+    id: str
+    key_id: str
+    params_digest: str
+    poly_modulus_degree: int
+    sha256: str
+    nbytes: int
+    created_at: datetime
+
+
+# -------------------------------------------------------------------------- policy
+class PolicyIn(_In):
+    """The owner's refinement policy (see :class:`~cipherloop.cloud.policy.RefinePolicy`)."""
+
+    trigger_min_samples: int | None = Field(default=None, ge=1)
+    trigger_interval_s: float | None = Field(default=None, gt=0)
+    epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float = Field(default=1.0, gt=0, lt=1000)
+    lr_schedule: Literal["constant", "decay"] = "constant"
+    lr_decay: float = Field(default=1.0, gt=0, le=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    metric: Literal["log_loss", "accuracy"] = "log_loss"
+    release_metric: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyIn:
+        self.to_policy()  # the domain type's own checks, reported as a 422
+        return self
+
+    def to_policy(self) -> RefinePolicy:
+        return RefinePolicy(**self.model_dump())
+
+
+class PolicyPublic(_Out):
+    id: str
+    number: int
+    trigger_min_samples: int | None
+    trigger_interval_s: float | None
+    epochs: int
+    batch_size: int | None
+    learning_rate: float
+    lr_schedule: str
+    lr_decay: float
+    momentum: float
+    metric: str
+    release_metric: bool
+    created_at: datetime
+
+
+# -------------------------------------------------------------------------- models
+class ModelCreate(_In):
+    name: str = Name
+    context_id: str
+    n_features: int = Field(ge=1, le=65536)
+    policy: PolicyIn = Field(default_factory=PolicyIn)
+
+
+class ModelPublic(_Out):
+    id: str
+    name: str
+    context_id: str
+    n_features: int
+    current_version_id: str | None
+    policy: PolicyPublic
+    created_at: datetime
+
+
+class CurrentVersionSet(_In):
+    version_id: str
+
+
+class VersionPublic(_Out):
+    """One model version and its lineage."""
+
+    id: str
+    model_id: str
+    number: int
+    parent_id: str | None
+    round_id: str | None
+    policy_id: str | None
+    upload_ids: list[str] = Field(description="data uploads the round refined on")
+    holdout_id: str | None = Field(description="hold-out upload the round was judged on")
+    decision: str
+    reason: str
+    metrics: dict[str, Any] | None
+    sha256: str
+    nbytes: int
+    created_at: datetime
+
+
+# ------------------------------------------------------------------------- uploads
+class UploadPublic(_Out):
+    id: str
+    model_id: str
+    kind: str
+    sha256: str
+    nbytes: int
+    n_samples: int
+    round_id: str | None
+    created_at: datetime
+
+
+# -------------------------------------------------------------------------- rounds
+class RoundPublic(_Out):
+    id: str
+    model_id: str
+    number: int
+    trigger: str
+    state: str
+    attempts: int
+    policy_id: str
+    base_version_id: str | None
+    candidate_version_id: str | None
+    upload_ids: list[str]
+    holdout_id: str | None
+    spec: dict[str, Any] | None
+    decision: str | None
+    reason: str
+    metrics: dict[str, Any] | None
+    stats: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
