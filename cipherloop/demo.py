@@ -1,30 +1,49 @@
-"""The main job on embedded defaults: encrypted refinement of a model on breast-cancer data.
+"""The main job on embedded defaults: an autonomous, encrypted refining service at work.
 
-Runs in: owner and host, in one process tree (the enclave is its own process).
-The owner trains an initial model on a small first slice, encrypts it, and
-goes offline; new encrypted data then arrives in rounds and the host refines
-the encrypted model after each, with the enclave's help. After every round
-the owner decrypts the model and scores it on a held-out test set, next to
-the same algorithm run in plaintext with the same hyperparameters.
+Runs in: owner and contributor (this process), host (a ``cipherloop.cloud.server``
+process: HTTP API, round worker, SQLite and a blob store) and enclave (its own
+process, simulated TEE platform).
+
+The story, on scikit-learn's breast-cancer data: the owner trains an initial
+model on a small first slice at home, starts nothing but a key: it registers
+its public context, verifies the enclave and releases the key to it, uploads
+the encrypted initial model, an encrypted hold-out set and a policy ("refine
+after N new samples"), hands a contributor token to a device, and goes
+offline. The device uploads encrypted samples in rounds; the service refines
+the encrypted model on its own after each, has the enclave judge candidate
+against current on the hold-out set, and promotes or keeps. At the end the
+owner comes back, pulls every version and decrypts it, and scores it on a
+held-out test set next to the same algorithm run in plaintext, with the same
+hyperparameters and the same promote/keep decisions.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from .attest import VerifiedEvidence, VerifierPolicy
-from .ckks import SecretContext, preset, rotations_for_features
-from .client.data import decrypt_model, encrypt_dataset, encrypt_model
-from .client.provisioning import provision
-from .learn import EnclaveClient, RefineConfig, refine
+from .attest import VerifiedEvidence
+from .ckks import PublicContext, SecretContext, preset, rotations_for_features
+from .client.data import decrypt_model, encrypt_model, upload_body
+from .client.provisioning import provision, simulated_policy
+from .client.service import ServiceClient, ServiceUnavailable
+from .errors import CipherloopError
+from .learn import RefineConfig
+from .learn.model import EncryptedModel
 from .learn.reference import PlainModel, plain_refine
 
 
@@ -32,43 +51,47 @@ from .learn.reference import PlainModel, plain_refine
 class DemoConfig:
     rounds: int = 6
     first_slice: int = 40
+    holdout: int = 60
     epochs_per_round: int = 8
     learning_rate: float = 1.0
     momentum: float = 0.9
     batch_size: int | None = None
     params: str = "n8192"
     seed: int = 7
+    round_timeout_s: float = 300.0
 
 
 @dataclass
 class RoundResult:
     round: int
     samples_seen: int
+    decision: str
+    holdout_metric: float | None
     encrypted_accuracy: float
     plaintext_accuracy: float
     max_weight_gap: float
     seconds: float
-    refreshes: int
-    enclave_seconds: float
 
 
 @dataclass
 class DemoData:
     test: tuple[np.ndarray, np.ndarray]
+    holdout: tuple[np.ndarray, np.ndarray]
     first: tuple[np.ndarray, np.ndarray]
     rounds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 def split(config: DemoConfig) -> DemoData:
-    """Shuffle, hold out a test set, cut a first slice and equal rounds; scale on the first slice."""
+    """Shuffle; hold out test and hold-out sets; cut a first slice and equal rounds."""
     X, y = load_breast_cancer(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y.astype(np.float64), test_size=0.3,
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y.astype(np.float64), test_size=0.25,
                                               random_state=config.seed, stratify=y)
     scaler = StandardScaler().fit(X_tr[: config.first_slice])
     X_tr, X_te = np.clip(scaler.transform(X_tr), -8, 8), np.clip(scaler.transform(X_te), -8, 8)
-    k = config.first_slice
-    chunks = np.array_split(np.arange(k, len(y_tr)), config.rounds)
-    return DemoData((X_te, y_te), (X_tr[:k], y_tr[:k]), [(X_tr[c], y_tr[c]) for c in chunks])
+    k, h = config.first_slice, config.holdout
+    chunks = np.array_split(np.arange(k + h, len(y_tr)), config.rounds)
+    return DemoData((X_te, y_te), (X_tr[k:k + h], y_tr[k:k + h]), (X_tr[:k], y_tr[:k]),
+                    [(X_tr[c], y_tr[c]) for c in chunks])
 
 
 def accuracy(w: np.ndarray, b: float, data: tuple[np.ndarray, np.ndarray]) -> float:
@@ -76,49 +99,138 @@ def accuracy(w: np.ndarray, b: float, data: tuple[np.ndarray, np.ndarray]) -> fl
     return float(np.mean((X @ w + b > 0) == (y > 0.5)))
 
 
-def run(config: DemoConfig, enclave: EnclaveClient, verifier: VerifierPolicy, *,
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def service_process(data_dir: Path, admin_token: str, *, timeout: float = 90.0) -> Iterator[str]:
+    """``python -m cipherloop.cloud.server`` on a free loopback port; yields its URL."""
+    port = _free_port()
+    env = {**os.environ, "CIPHERLOOP_ADMIN_TOKEN": admin_token}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / "service.log", "ab")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cipherloop.cloud.server", "--data-dir", str(data_dir),
+         "--host", "127.0.0.1", "--port", str(port), "--poll-interval-s", "0.3"],
+        env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        with ServiceClient(url) as probe:
+            while True:
+                if proc.poll() is not None:
+                    raise ServiceUnavailable(f"the service exited at start; see {data_dir}/service.log")
+                try:
+                    probe.health()
+                    break
+                except ServiceUnavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _wait_for_round(owner: ServiceClient, model_id: str, done_before: int, timeout: float
+                    ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        finished = [r for r in owner.rounds(model_id) if r["state"] in ("done", "failed")]
+        if len(finished) > done_before:
+            rnd = max(finished, key=lambda r: r["number"])
+            if rnd["state"] == "failed":
+                raise CipherloopError(f"round {rnd['number']} failed: {rnd['error']}")
+            return rnd
+        time.sleep(0.3)
+    raise CipherloopError("the service did not finish a round in time")
+
+
+def run(config: DemoConfig, workdir: Path, *,
         on_attested: Callable[[VerifiedEvidence], None] | None = None,
-        on_round: Callable[[RoundResult], None] | None = None,
-        on_progress: Callable[[str, int, int], None] | None = None) -> list[RoundResult]:
-    """Provision the enclave by attestation, then run the rounds; one result per round."""
+        on_event: Callable[[str], None] | None = None,
+        on_round: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
+    """Run the whole story against a real service process; one result per round."""
+    say = on_event or (lambda _msg: None)
     data = split(config)
     params = preset(config.params)
     d = data.first[0].shape[1]
-    key = SecretContext.generate(params, rotations_for_features(d, params.slots))
-    verified = provision(enclave, key, verifier)  # the owner checks the enclave first
-    if on_attested is not None:
-        on_attested(verified)
-    cloud = key.public_context()  # all the host ever holds
-
     cfg = RefineConfig(learning_rate=config.learning_rate, momentum=config.momentum,
                        batch_size=config.batch_size, epochs=config.epochs_per_round)
-    first = plain_refine(PlainModel(np.zeros(d)), [data.first], cfg)  # owner, at home
-    model = encrypt_model(key, first.coef, first.intercept)  # momentum starts afresh
-    plain = PlainModel(first.coef, first.intercept)
-    results = [RoundResult(0, len(data.first[1]), accuracy(plain.coef, plain.intercept, data.test),
-                           accuracy(plain.coef, plain.intercept, data.test), 0.0, 0.0, 0, 0.0)]
-    if on_round:
-        on_round(results[0])
-    seen = len(data.first[1])
-    for r, (X, y) in enumerate(data.rounds, start=1):
-        enc = encrypt_dataset(key, X, y)  # the owner (or a device) encrypts new data
-        t0 = time.perf_counter()
-        def step(done: int, total: int, r: int = r) -> None:
-            if on_progress is not None:
-                on_progress(f"round {r}", done, total)
+    admin = secrets.token_urlsafe(24)
+    with service_process(workdir, admin) as url:
+        say(f"service up at {url} (SQLite, blob store and enclave state in {workdir})")
+        with ServiceClient(url, admin) as operator:
+            owner_token = operator.create_tenant("demo-clinic")["owner_token"]
 
-        model, stats = refine(model, [enc], cfg, context=cloud, enclave=enclave, on_step=step)
-        seconds = time.perf_counter() - t0
-        plain = plain_refine(plain, [(X, y)], cfg)
-        w, b = decrypt_model(key, model)  # the owner, back online, reads the model
-        seen += len(y)
-        res = RoundResult(r, seen, accuracy(w, b, data.test),
-                          accuracy(plain.coef, plain.intercept, data.test),
-                          float(np.max(np.abs(w - plain.coef))), seconds, stats.refreshes,
-                          stats.enclave_seconds)
-        results.append(res)
-        if on_round:
-            on_round(res)
+        # -- the owner, at home -------------------------------------------------------
+        key = SecretContext.generate(params, rotations_for_features(d, params.slots))
+        owner = ServiceClient(url, owner_token)
+        ctx = owner.register_context(key.public_context().serialize())
+        verified = provision(owner, key, simulated_policy(workdir / "enclave"))
+        if on_attested is not None:
+            on_attested(verified)
+        policy = {"trigger_min_samples": min(len(c[1]) for c in data.rounds),
+                  "epochs": cfg.epochs, "learning_rate": cfg.learning_rate,
+                  "momentum": cfg.momentum, "batch_size": cfg.batch_size,
+                  "release_metric": True}
+        model_id = owner.create_model("breast-cancer", ctx["id"], d, policy)["id"]
+        first = plain_refine(PlainModel(np.zeros(d)), [data.first], cfg)
+        owner.upload_version(model_id, encrypt_model(key, first.coef, first.intercept).to_bytes(key))
+        owner.upload_samples(model_id, upload_body(key, *data.holdout), holdout=True)
+        device_token = owner.create_token("contributor", "bedside device")["token"]
+        say(f"owner set up model {model_id} and went offline (policy: refine every "
+            f"{policy['trigger_min_samples']} new samples, {cfg.epochs} epochs)")
+
+        # -- a device uploads encrypted samples; the service refines on its own --------
+        device = ServiceClient(url, device_token)
+        public = PublicContext.load(device.context_blob(ctx["id"]))
+        seen = len(data.first[1])
+        timings: list[tuple[int, float]] = []
+        for r, (X, y) in enumerate(data.rounds, start=1):
+            device.upload_samples(model_id, upload_body(public, X, y))
+            seen += len(y)
+            t0 = time.perf_counter()
+            rnd = _wait_for_round(owner, model_id, r - 1, config.round_timeout_s)
+            timings.append((seen, time.perf_counter() - t0))
+            say(f"round {r}: {len(y)} new encrypted samples -> service refined, "
+                f"enclave said {rnd['decision']}")
+        device.close()
+
+        # -- the owner comes back: pull every version, decrypt, compare ---------------
+        versions = sorted(owner.versions(model_id), key=lambda v: v["number"])
+        plain = PlainModel(first.coef, first.intercept)
+        results = [RoundResult(0, len(data.first[1]), "uploaded", None,
+                               accuracy(first.coef, first.intercept, data.test),
+                               accuracy(first.coef, first.intercept, data.test), 0.0, 0.0)]
+        if on_round is not None:
+            on_round(results[0])
+        current = (first.coef, first.intercept)
+        round_versions = [v for v in versions if v["round_id"]]
+        for r, (v, (X, y), (n_seen, secs)) in enumerate(
+                zip(round_versions, data.rounds, timings, strict=True), start=1):
+            candidate = plain_refine(plain, [(X, y)], cfg)
+            blob = owner.version_blob(model_id, v["id"])
+            w, b = decrypt_model(key, EncryptedModel.from_bytes(key, blob))
+            if v["decision"] == "promote":
+                plain, current = candidate, (w, b)
+            metric = (v["metrics"] or {}).get("candidate")
+            res = RoundResult(r, n_seen, v["decision"], metric, accuracy(*current, data.test),
+                              accuracy(plain.coef, plain.intercept, data.test),
+                              float(np.max(np.abs(w - candidate.coef))), secs)
+            results.append(res)
+            if on_round is not None:
+                on_round(res)
+        owner.close()
     return results
 
 
@@ -130,11 +242,12 @@ def plot(results: list[RoundResult], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     rounds = [r.round for r in results]
-    ax.plot(rounds, [r.encrypted_accuracy for r in results], "o-", label="encrypted (CKKS + enclave)")
+    ax.plot(rounds, [r.encrypted_accuracy for r in results], "o-",
+            label="encrypted, refined by the service")
     ax.plot(rounds, [r.plaintext_accuracy for r in results], "s--", label="plaintext, same algorithm")
-    ax.set_xlabel("refinement round (0 = initial model from the first slice)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("cipherloop: encrypted refinement on breast-cancer data")
+    ax.set_xlabel("refinement round (0 = owner's initial model)")
+    ax.set_ylabel("test accuracy of the current model")
+    ax.set_title("cipherloop: autonomous encrypted refinement (breast cancer)")
     ax.set_ylim(max(0.0, min(r.encrypted_accuracy for r in results) - 0.05), 1.0)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

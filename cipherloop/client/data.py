@@ -9,10 +9,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..ckks import Diagonals, Replicated, SecretContext
+from ..ckks import CiphertextBatch, Diagonals, Replicated, SampleBlocks, SecretContext
 from ..ckks.context import _ContextBase
+from ..ckks.layout import from_description
 from ..errors import ShapeError
 from ..learn.model import EncryptedDataset, EncryptedModel
+from ..learn.wire import encode_samples
 
 Progress = Callable[[int], None]
 
@@ -31,26 +33,62 @@ def _as_xy(X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
     return Xa, ya
 
 
-def encrypt_dataset(context: _ContextBase, X: object, y: object, *,
-                    progress: Progress | None = None) -> EncryptedDataset:
-    """Pack ``X`` in giant-step diagonals and ``y`` in sample blocks, and encrypt both.
+def encrypt_batches(context: _ContextBase, X: object, y: object, *,
+                    progress: Progress | None = None) -> tuple[CiphertextBatch, CiphertextBatch]:
+    """Pack ``X`` in giant-step diagonals and ``y`` in sample blocks; encrypt to wire batches.
 
+    With the owner's secret context the ciphertexts are seeded (half the
+    bytes); a contributor's public context encrypts with the public key.
     Labels are encrypted at level 0: only the enclave ever reads them, so they
-    need no multiplicative depth and travel at a fifth of the size.
+    need no multiplicative depth and travel at a fraction of the size.
     """
     Xa, ya = _as_xy(X, y)
     layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots)
-    features = []
-    for arr in layout.pack(Xa):
-        features.append(context.encrypt(arr))
-        if progress is not None:
-            progress(1)
-    labels = []
-    for arr in layout.samples.pack(ya):
-        labels.append(context.encrypt(arr, level=0))
-        if progress is not None:
-            progress(1)
-    return EncryptedDataset(layout, tuple(features), tuple(labels))
+
+    def seal(arrays: list[np.ndarray], level: int | None) -> tuple[bytes, ...]:
+        out = []
+        for arr in arrays:
+            out.append(context.encrypt_bytes(arr, level=level))
+            if progress is not None:
+                progress(1)
+        return tuple(out)
+
+    ident = (context.params.digest(), context.key_id)
+    return (CiphertextBatch(*ident, layout.describe(), seal(layout.pack(Xa), None)),
+            CiphertextBatch(*ident, layout.samples.describe(), seal(layout.samples.pack(ya), 0)))
+
+
+def encrypt_dataset(context: _ContextBase, X: object, y: object, *,
+                    progress: Progress | None = None) -> EncryptedDataset:
+    """:func:`encrypt_batches`, loaded as the host would load them."""
+    features, labels = encrypt_batches(context, X, y, progress=progress)
+    return EncryptedDataset.from_batches(context, features, labels)
+
+
+def upload_body(context: _ContextBase, X: object, y: object, *,
+                progress: Progress | None = None) -> bytes:
+    """The body of a sample upload to the service."""
+    return encode_samples(*encrypt_batches(context, X, y, progress=progress))
+
+
+def encrypt_features(context: _ContextBase, X: object) -> CiphertextBatch:
+    """Features alone, for encrypted inference."""
+    Xa = np.asarray(X, dtype=np.float64)
+    if Xa.ndim != 2 or not np.all(np.isfinite(Xa)):
+        raise ShapeError("X must be a finite 2-D array of shape (n_samples, n_features)")
+    layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots)
+    items = tuple(context.encrypt_bytes(a) for a in layout.pack(Xa))
+    return CiphertextBatch(context.params.digest(), context.key_id, layout.describe(), items)
+
+
+def decrypt_scores(context: SecretContext, scores: bytes) -> np.ndarray:
+    """The owner reads encrypted inference results (logits, one per sample)."""
+    batch = CiphertextBatch.from_bytes(scores)
+    layout = from_description(batch.layout)
+    if not isinstance(layout, SampleBlocks):
+        raise ShapeError("scores must be sample blocks")
+    cts = batch.open(context, count=layout.n_blocks)
+    return layout.unpack([context.decrypt(c) for c in cts])
 
 
 def dataset_size(n_samples: int, n_features: int, slots: int) -> int:
