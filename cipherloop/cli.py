@@ -60,7 +60,7 @@ DEFAULT_KEY = Path("cipherloop-owner.key")
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(),
                     TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                    console=console, transient=True)
+                    console=console)
 
 
 @app.command()
@@ -106,13 +106,19 @@ def demo(
                       f"{r.encrypted_accuracy:.3f}", f"{r.plaintext_accuracy:.3f}",
                       f"{r.max_weight_gap:.1e}", f"{r.seconds:.1f}")
 
-    with console.status("starting the service") as status:
-        def on_event(msg: str) -> None:
-            console.print(msg)
-            status.update("waiting for the service")
+    with _progress() as progress:
+        tasks: dict[str, Any] = {}
 
-        results = demo_mod.run(config, workdir, on_attested=on_attested, on_event=on_event,
-                               on_round=on_round)
+        def on_progress(task: str, done: int, total: int) -> None:
+            if task not in tasks:
+                label = {"encrypting": "device encrypting samples",
+                         "refining": "service refining rounds"}.get(task, task)
+                tasks[task] = progress.add_task(label, total=total)
+            progress.update(tasks[task], completed=done, total=total)
+
+        results = demo_mod.run(config, workdir, on_attested=on_attested,
+                               on_event=progress.console.print, on_round=on_round,
+                               on_progress=on_progress)
     console.print(table)
     path = demo_mod.plot(results, out / "accuracy_per_round.png")
     console.print(f"plot saved to [bold]{path}[/]; service log in {workdir / 'service.log'}")

@@ -38,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .attest import VerifiedEvidence
 from .ckks import PublicContext, SecretContext, preset, rotations_for_features
-from .client.data import decrypt_model, encrypt_model, upload_body
+from .client.data import dataset_size, decrypt_model, encrypt_model, upload_body
 from .client.provisioning import provision, simulated_policy
 from .client.service import ServiceClient, ServiceUnavailable
 from .errors import CipherloopError
@@ -155,12 +155,21 @@ def _wait_for_round(owner: ServiceClient, model_id: str, done_before: int, timeo
     raise CipherloopError("the service did not finish a round in time")
 
 
+Progress = Callable[[str, int, int], None]
+
+
 def run(config: DemoConfig, workdir: Path, *,
         on_attested: Callable[[VerifiedEvidence], None] | None = None,
         on_event: Callable[[str], None] | None = None,
-        on_round: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
-    """Run the whole story against a real service process; one result per round."""
+        on_round: Callable[[RoundResult], None] | None = None,
+        on_progress: Progress | None = None) -> list[RoundResult]:
+    """Run the whole story against a real service process; one result per round.
+
+    ``on_progress(task, done, total)`` reports encryption (ciphertexts) and
+    refinement (rounds the service finished).
+    """
     say = on_event or (lambda _msg: None)
+    report = on_progress or (lambda _task, _done, _total: None)
     data = split(config)
     params = preset(config.params)
     d = data.first[0].shape[1]
@@ -196,12 +205,21 @@ def run(config: DemoConfig, workdir: Path, *,
         public = PublicContext.load(device.context_blob(ctx["id"]))
         seen = len(data.first[1])
         timings: list[tuple[int, float]] = []
+        n_cts = sum(dataset_size(len(y), d, params.slots) for _, y in data.rounds)
+        encrypted = 0
+        report("refining", 0, len(data.rounds))
         for r, (X, y) in enumerate(data.rounds, start=1):
-            device.upload_samples(model_id, upload_body(public, X, y))
+            def tick(k: int) -> None:
+                nonlocal encrypted
+                encrypted += k
+                report("encrypting", encrypted, n_cts)
+
+            device.upload_samples(model_id, upload_body(public, X, y, progress=tick))
             seen += len(y)
             t0 = time.perf_counter()
             rnd = _wait_for_round(owner, model_id, r - 1, config.round_timeout_s)
             timings.append((seen, time.perf_counter() - t0))
+            report("refining", r, len(data.rounds))
             say(f"round {r}: {len(y)} new encrypted samples -> service refined, "
                 f"enclave said {rnd['decision']}")
         device.close()
