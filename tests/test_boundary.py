@@ -53,3 +53,12 @@ def test_ckks_imports_only_itself_and_errors() -> None:
         for name in _imports(f):
             if name.startswith("cipherloop."):
                 assert name.startswith(("cipherloop.ckks", "cipherloop.errors")), (f.name, name)
+
+
+def test_owner_sdk_imports_nothing_of_the_cloud_service() -> None:
+    # The owner builds upload bodies with cipherloop.learn.wire; the service is the other side.
+    files = sorted((PKG / "client").rglob("*.py"))
+    assert files
+    bad = [(f.name, name) for f in files for name in _imports(f)
+           if name == "cipherloop.cloud" or name.startswith("cipherloop.cloud.")]
+    assert bad == []

@@ -63,6 +63,19 @@ def test_corrupted_key_file_is_refused(owner_key: SecretContext) -> None:
         PublicContext.load(bytes(blob))
 
 
+def test_secret_key_paired_with_another_public_key_is_refused(owner_key: SecretContext,
+                                                             other_key: SecretContext) -> None:
+    # The key id names the public key: a file pairing owner_key's public key with
+    # another secret key would otherwise load (and be installed) under owner_key's id.
+    from cipherloop.ckks.context import _pack
+
+    mine, theirs = owner_key.backend.key_bytes(secret=True), other_key.backend.key_bytes(secret=True)
+    forged = _pack("secret", owner_key.params, owner_key.key_id,
+                   {"public_key": mine["public_key"], "secret_key": theirs["secret_key"]})
+    with pytest.raises(KeyMaterialError, match="does not match its public key"):
+        SecretContext.load_secret(forged)
+
+
 def test_products_and_scalar_products_keep_exact_scale(owner_key: SecretContext,
                                                        host_context: PublicContext) -> None:
     x, y = rng.standard_normal(SLOTS), rng.standard_normal(SLOTS)

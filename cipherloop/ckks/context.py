@@ -157,7 +157,21 @@ class SecretContext(_ContextBase):
         params, key_id, blobs = _unpack(data, "secret")
         if "secret_key" not in blobs:
             raise KeyMaterialError("secret key file holds no secret key")
-        return cls(SealBackend.from_key_bytes(params, blobs), key_id)
+        ctx = cls(SealBackend.from_key_bytes(params, blobs), key_id)
+        ctx._check_pair()
+        return ctx
+
+    def _check_pair(self) -> None:
+        """Refuse a secret key that is not the public key's: the key id names the public key.
+
+        Without this, a file pairing someone's public key (hence their key id)
+        with another secret key would load under their key id.
+        """
+        probe = np.linspace(-1.0, 1.0, 8)
+        got = self.decrypt(self.public_context().encrypt(probe))[: probe.size]
+        # Fresh noise is ~1e-3 even at scale 2**20; a wrong secret key gives values ~q/scale.
+        if not np.allclose(got, probe, atol=0.1):
+            raise KeyMaterialError("key file is corrupted: secret key does not match its public key")
 
 
 def params_of(data: bytes) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import unique_labels
+from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..ckks import PRESETS, SecretContext, preset, rotations_for_features
@@ -152,8 +152,13 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
         X, y = validate_data(self, X, y, reset=first, dtype=np.float64)
         if first:
             labels = unique_labels(y) if classes is None else np.asarray(classes)
+            y_type = type_of_target(y, input_name="y", raise_unknown=True)
+            if y_type not in ("binary", "unknown") and len(labels) > 2:
+                raise ValueError("Only binary classification is supported. The type of the "
+                                 f"target is {y_type}.")
             if len(labels) != 2:
-                raise ValueError("EncryptedLogisticRegression is binary: y needs exactly 2 classes")
+                raise ValueError(f"EncryptedLogisticRegression needs 2 classes; got {len(labels)} "
+                                 f"class{'es' if len(labels) != 1 else ''}")
             self.classes_ = labels
             self.n_iter_ = 0
         elif not np.isin(unique_labels(y), self.classes_).all():

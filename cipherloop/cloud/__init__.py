@@ -50,5 +50,19 @@ GET     /v1/models/{model_id}/rounds[/{round_id}]       owner    state, inputs, 
 POST    /v1/models/{m}/rounds/{round_id}/retry          owner    run a failed round again
 POST    /v1/models/{model_id}/predict[?version_id=]     owner,   encrypted features in,
                                                         predict  encrypted scores out
+GET     /v1/enclave                                     owner    platform, measurement, sim?
+POST    /v1/enclave/attest                              owner    challenge in, offer (CBOR)
+POST    /v1/enclave/provision                           owner    HPKE key envelope -> key id
 ======  ==============================================  =======  ============================
+
+Keys reach the enclave only by attested provisioning relayed through the last
+three endpoints (:mod:`.routes.enclave`; the owner's side is
+:func:`cipherloop.client.provisioning.provision`): register the public
+context first, then ``attest`` with ``{"nonce", "session_id"}`` (base64 of
+32 and 16 bytes), verify the offer at home, and ``provision`` with
+``{"session_id", "envelope"}``; the answer ``{"key_id"}`` names a key the
+tenant registered (else 409). The enclave seals the key in
+``<data_dir>/enclave``, so restarts need no owner. On the simulated platform
+the service says so at start and names the root certificate owners pin,
+``<data_dir>/enclave/platform/sim-root.crt.pem`` -- it is NOT a TEE.
 """

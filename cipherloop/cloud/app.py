@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -28,6 +30,7 @@ from ..errors import (
     KeyMaterialError,
     PolicyViolation,
     ProtocolError,
+    ProvisioningFailed,
     ShapeError,
 )
 from .blobs import BlobCorrupted, BlobStore
@@ -36,7 +39,9 @@ from .db import make_engine, make_sessionmaker
 from .deps import BodyLimit, Services
 from .keys import ContextCache
 from .refiner import Refiner
+from .relay import PROVISIONING_FAILED, EnclaveLink, Relay
 from .routes import contexts, models, predict, rounds, tenants, uploads
+from .routes import enclave as enclave_routes
 from .settings import Settings
 
 log = logging.getLogger("cipherloop.cloud")
@@ -50,7 +55,9 @@ ERROR_STATUS: tuple[tuple[type[Exception], int, str | None], ...] = (
     (ShapeError, status.HTTP_422_UNPROCESSABLE_CONTENT, None),
     (KeyMaterialError, status.HTTP_422_UNPROCESSABLE_CONTENT, None),
     (ProtocolError, status.HTTP_502_BAD_GATEWAY, None),
-    (AttestationError, status.HTTP_502_BAD_GATEWAY, None),
+    # Relayed provisioning: the owner's session or envelope was refused. One message.
+    (ProvisioningFailed, status.HTTP_400_BAD_REQUEST, PROVISIONING_FAILED),
+    (AttestationError, status.HTTP_400_BAD_REQUEST, None),
     (Conflict, status.HTTP_409_CONFLICT, None),
     (CipherloopError, status.HTTP_400_BAD_REQUEST, None),
     # Never echo these: their messages may name paths or SQL.
@@ -84,7 +91,20 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=code)
 
 
-def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = None) -> FastAPI:
+async def handle_invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 for a malformed request, without the ``input`` it would echo.
+
+    A request field may carry a token, a challenge or an envelope; the
+    error names the field (``loc``) and the rule, never the value.
+    """
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{k: v for k, v in e.items() if k != "input"} for e in errors]
+    return JSONResponse({"detail": jsonable_encoder(detail)},
+                        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = None,
+               enclave: EnclaveLink | None = None) -> FastAPI:
     """The service's ASGI application.
 
     Parameters
@@ -95,6 +115,10 @@ def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = 
     engine : Engine, optional
         A database engine to share; by default one is made from
         ``settings.db_url`` (tables created) and disposed at shutdown.
+    enclave : EnclaveLink, optional
+        The enclave that attested provisioning is relayed to (an
+        :class:`~cipherloop.learn.EnclaveClient`); without one, the
+        ``/v1/enclave`` endpoints answer 503.
 
     Returns
     -------
@@ -116,7 +140,7 @@ def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = 
     blobs = BlobStore(settings.blob_dir)
     services = Services(settings=settings, sessions=make_sessionmaker(db), blobs=blobs,
                         contexts=ContextCache(blobs, size=settings.context_cache),
-                        refiner=refiner)
+                        refiner=refiner, relay=Relay(enclave))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -133,7 +157,8 @@ def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = 
     app.state.services = services
     for kind in (CipherloopError, Conflict, BlobCorrupted, OperationalError, OSError):
         app.add_exception_handler(kind, handle_error)
+    app.add_exception_handler(RequestValidationError, handle_invalid_request)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    for module in (tenants, contexts, models, uploads, rounds, predict):
+    for module in (tenants, contexts, models, uploads, rounds, predict, enclave_routes):
         app.include_router(module.router)
     return app

@@ -164,6 +164,13 @@ def context_by_key(session: Session, *, key_id: str) -> Context | None:
     return session.scalars(select(Context).where(Context.key_id == key_id)).first()
 
 
+def context_for_key(session: Session, *, tenant_id: str, key_id: str) -> Context | None:
+    """The tenant's context registered under ``key_id``; ``None`` if it registered no such key."""
+    return session.scalars(
+        select(Context).where(Context.tenant_id == tenant_id, Context.key_id == key_id)
+    ).first()
+
+
 def get_context(session: Session, *, tenant_id: str, context_id: str) -> Context | None:
     return session.scalars(
         select(Context).where(Context.tenant_id == tenant_id, Context.id == context_id)

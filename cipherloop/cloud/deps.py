@@ -24,6 +24,7 @@ from .blobs import BlobStore
 from .db import Role
 from .keys import ContextCache
 from .refiner import Refiner
+from .relay import Relay
 from .settings import Settings
 
 
@@ -36,6 +37,7 @@ class Services:
     blobs: BlobStore
     contexts: ContextCache
     refiner: Refiner
+    relay: Relay
 
 
 @dataclass(frozen=True)

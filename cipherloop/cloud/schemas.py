@@ -84,6 +84,29 @@ class ContextPublic(_Out):
     created_at: datetime
 
 
+# ------------------------------------------------------------------------- enclave
+class EnclaveInfo(BaseModel):
+    platform: str = Field(description="sim, sgx or nitro")
+    measurement: str = Field(description="the enclave code's measurement, hex")
+    simulated: bool = Field(description="true for the sim platform: NOT a TEE, protects nothing")
+
+
+class AttestIn(_In):
+    """The owner's challenge. Sizes and encoding are checked by the route (422), not echoed."""
+
+    nonce: str = Field(description="base64 of 32 fresh random bytes")
+    session_id: str = Field(description="base64 of 16 random bytes")
+
+
+class ProvisionIn(_In):
+    session_id: str = Field(description="base64 of the 16-byte session id the offer answered")
+    envelope: str = Field(description="base64 of the HPKE envelope sealed to the attested key")
+
+
+class ProvisionedKey(BaseModel):
+    key_id: str
+
+
 # -------------------------------------------------------------------------- policy
 class PolicyIn(_In):
     """The owner's refinement policy (see :class:`~cipherloop.cloud.policy.RefinePolicy`)."""

@@ -5,6 +5,11 @@ cipherloop.cloud.server`` runs it too (settings from ``CIPHERLOOP_*``
 variables, a few flags on top). Three processes: the enclave (unless
 ``enclave_address`` names a running one), the worker (which exits when the
 server dies, even by ``kill -9``), and the HTTP server in this process.
+
+The enclave keeps its state in ``<data_dir>/enclave``: for the simulated
+platform its root certificate (``platform/sim-root.crt.pem``, which owners
+pin) and host secret, and every provisioned key sealed in ``sealed-keys/``.
+Keys arrive only by attested provisioning relayed through the HTTP API.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import argparse
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 import uvicorn
 
+from ..errors import EnclaveUnavailable
 from ..learn import EnclaveClient, EnclaveProcess
 from .app import create_app
 from .blobs import BlobStore
@@ -48,6 +56,57 @@ def _stop_worker(proc: multiprocessing.process.BaseProcess) -> None:
         proc.join()
 
 
+# A Unix socket path must fit in sun_path (108 bytes on Linux); leave a margin.
+_MAX_SOCKET_PATH = 100
+
+
+def _start_enclave(settings: Settings, stack: ExitStack) -> str:
+    """Start the enclave with its state (platform secrets, sealed keys) in ``<data_dir>/enclave``.
+
+    The state directory persists, so a restarted service -- after ``kill -9``
+    too -- gets every tenant's key back from sealed storage, without the
+    owners. Local (unattested) provisioning is never enabled here: keys
+    arrive only through attested provisioning (``/v1/enclave/...``).
+    """
+    state_dir = settings.enclave_dir.resolve()
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sock = state_dir / "enclave.sock"
+    if len(str(sock)) >= _MAX_SOCKET_PATH:
+        short = Path(tempfile.mkdtemp(prefix="cipherloop-enclave-"))  # 0700
+        stack.callback(shutil.rmtree, short, ignore_errors=True)
+        sock = short / "enclave.sock"
+    enclave = EnclaveProcess(state_dir=state_dir, socket_path=sock,
+                             log_path=settings.data_dir / "enclave.log")
+    stack.enter_context(enclave)
+    log.info("enclave started (%s, state in %s)", enclave.socket_path, state_dir)
+    return str(enclave.socket_path)
+
+
+def _announce_platform(settings: Settings, client: EnclaveClient) -> None:
+    """Say loudly, in the log and on stderr, when the enclave is the simulated TEE."""
+    try:
+        hello = client.hello()
+    except EnclaveUnavailable:  # an external enclave may come up later; rounds wait for it
+        log.warning("enclave at %s is not reachable yet", client.address)
+        return
+    if hello.get("platform") != "sim":
+        log.info("enclave platform %s, measurement %s", hello.get("platform"),
+                 hello.get("measurement"))
+        return
+    root = settings.enclave_dir.resolve() / "platform" / "sim-root.crt.pem"
+    if settings.enclave_address is None and not root.exists():
+        # The simulated platform makes its root on first use; a throwaway challenge
+        # (its session is never completed) makes it now, so owners can pin it at once.
+        client.attest(os.urandom(32), os.urandom(16))
+    where = (str(root) if settings.enclave_address is None
+             else "the platform/sim-root.crt.pem in that enclave's --state-dir")
+    message = (f"SIMULATED TEE -- NOT A TEE: the enclave protects nothing from this host. "
+               f"Owners pin its simulated root certificate at {where} "
+               f"(measurement {hello.get('measurement')}); development and testing only.")
+    log.warning("%s", message)
+    print(f"cipherloop: {message}", file=sys.stderr, flush=True)  # noqa: T201
+
+
 def serve(settings: Settings) -> None:
     """Run the enclave, the worker and the HTTP server until interrupted.
 
@@ -65,20 +124,18 @@ def serve(settings: Settings) -> None:
         stack.callback(engine.dispose)
         address = settings.enclave_address
         if address is None:
-            sock = settings.data_dir.resolve() / "enclave.sock"
-            # A Unix socket path must fit 108 bytes; fall back to a private temp dir.
-            enclave = EnclaveProcess(socket_path=sock if len(str(sock)) < 100 else None,
-                                     log_path=settings.data_dir / "enclave.log")
-            stack.enter_context(enclave)
-            address = str(enclave.socket_path)
-            log.info("enclave started (%s)", address)
+            address = _start_enclave(settings, stack)
+        # The relay's own connection (never queued behind inference); its calls take ms.
+        link = EnclaveClient(address, timeout=30.0)
+        stack.callback(link.close)
+        _announce_platform(settings, link)
         settings = settings.with_(enclave_address=address)
         if settings.run_worker:
             worker = _start_worker(settings)
             stack.callback(_stop_worker, worker)
         refiner = LearnRefiner(EnclaveClient(address))
         stack.callback(refiner.close)
-        app = create_app(settings, refiner=refiner, engine=engine)
+        app = create_app(settings, refiner=refiner, engine=engine, enclave=link)
         config = uvicorn.Config(app, host=settings.host, port=settings.port,
                                 log_level=settings.log_level.lower())
         uvicorn.Server(config).run()

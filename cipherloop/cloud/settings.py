@@ -51,7 +51,8 @@ class Settings:
         least 16 characters; never printed (``repr`` redacts it).
     data_dir : Path
         Holds the SQLite database (unless ``database_url`` says otherwise),
-        the ciphertext blob store and the enclave's socket.
+        the ciphertext blob store, and the state of the enclave the service
+        starts (``enclave/``: its socket, platform files and sealed keys).
     database_url : str or None
         SQLAlchemy URL; ``None`` means SQLite in ``data_dir``. PostgreSQL
         works as ``postgresql+psycopg://user:password@host/db``.
@@ -116,6 +117,11 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'cipherloop.db').resolve()}"
+
+    @property
+    def enclave_dir(self) -> Path:
+        """State of the enclave the service starts: platform files and sealed keys."""
+        return self.data_dir / "enclave"
 
     @property
     def blob_dir(self) -> Path:

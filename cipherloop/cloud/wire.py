@@ -1,10 +1,9 @@
-"""What crosses the service's HTTP boundary as bytes, and how it is checked.
+"""What crosses the service's HTTP boundary as bytes, and how the host checks it.
 
-Runs in: host (and owner/contributor, who build upload bodies). Binary
-bodies are :class:`~cipherloop.ckks.CiphertextBatch` bytes, except sample
-uploads: one CBOR map ``{"format": "cipherloop-samples/v1", "features":
-<batch>, "labels": <batch>}``, so one request carries a whole data set and
-one hash names it (the idempotency key).
+Runs in: host. Binary bodies are :class:`~cipherloop.ckks.CiphertextBatch`
+bytes, except sample uploads: one CBOR map built and split by
+:mod:`cipherloop.learn.wire` (``encode_samples``/``decode_samples``), which
+owners and contributors use too -- they may not import this package.
 
 Every check here runs before anything is stored: identity (parameter digest
 and key id), layouts, counts and shapes, then every ciphertext is loaded.
@@ -14,54 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import cbor2
-
 from ..ckks import CiphertextBatch, Diagonals, SampleBlocks
 from ..ckks.layout import from_description
 from ..errors import InvalidCiphertext, ShapeError
 
-SAMPLES_FORMAT = "cipherloop-samples/v1"
 BINARY = "application/octet-stream"
 CBOR = "application/cbor"
-
-
-def encode_samples(features: CiphertextBatch, labels: CiphertextBatch) -> bytes:
-    """The body of a sample upload.
-
-    Parameters
-    ----------
-    features : CiphertextBatch
-        Features in a :class:`~cipherloop.ckks.Diagonals` layout.
-    labels : CiphertextBatch
-        Labels in the matching :class:`~cipherloop.ckks.SampleBlocks` layout.
-
-    Returns
-    -------
-    bytes
-    """
-    return bytes(cbor2.dumps({"format": SAMPLES_FORMAT, "features": features.to_bytes(),
-                              "labels": labels.to_bytes()}))
-
-
-def decode_samples(body: bytes, *, max_bytes: int) -> tuple[CiphertextBatch, CiphertextBatch]:
-    """Split a sample upload into its two batches.
-
-    Raises
-    ------
-    InvalidCiphertext
-        The body is not a sample upload, or a batch inside it is malformed.
-    """
-    try:
-        doc = cbor2.loads(body)
-        if not isinstance(doc, dict) or doc.get("format") != SAMPLES_FORMAT:
-            raise ValueError
-        features, labels = doc["features"], doc["labels"]
-        if not isinstance(features, bytes) or not isinstance(labels, bytes):
-            raise ValueError
-    except Exception:
-        raise InvalidCiphertext("not a sample upload (malformed or truncated)") from None
-    return (CiphertextBatch.from_bytes(features, max_bytes=max_bytes),
-            CiphertextBatch.from_bytes(labels, max_bytes=max_bytes))
 
 
 def _load_all(context: Any, batch: CiphertextBatch) -> int:

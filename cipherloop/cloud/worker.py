@@ -38,13 +38,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import CipherloopError, EnclaveUnavailable
 from ..learn import EnclaveClient
+from ..learn.wire import decode_samples
 from . import crud
 from .blobs import BlobStore
 from .db import Round, make_engine, make_sessionmaker, utcnow
 from .keys import ContextCache
 from .refiner import LearnRefiner, Refiner, RoundSpec, SampleSet
 from .settings import Settings
-from .wire import decode_samples
 
 log = logging.getLogger("cipherloop.cloud.worker")
 

@@ -8,11 +8,14 @@ scripted (no enclave). Tests using the real refiner and enclave are in
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cbor2
+import httpx
 import numpy as np
 from fastapi.testclient import TestClient
 
@@ -26,7 +29,7 @@ from cipherloop.client.data import encrypt_dataset, encrypt_model
 from cipherloop.cloud.db import Decision
 from cipherloop.cloud.refiner import LearnRefiner, RoundResult, RoundSpec, SampleSet
 from cipherloop.cloud.settings import Settings
-from cipherloop.cloud.wire import encode_samples
+from cipherloop.learn.wire import encode_samples
 
 ADMIN = "admin-token-for-tests-0123456789"
 N_FEATURES = 4
@@ -112,6 +115,37 @@ class FakeRefiner(LearnRefiner):
                            self.metrics, {"n_data": len(data)})
 
 
+def b64(data: bytes) -> str:
+    """Standard base64, as the relay endpoints take bytes in JSON."""
+    return base64.b64encode(data).decode()
+
+
+class RelayLink:
+    """The owner's side of the provisioning relay over HTTP (any httpx client, TestClient too).
+
+    Has the ``attest``/``provision`` pair that
+    :func:`cipherloop.client.provisioning.provision` talks to.
+    """
+
+    def __init__(self, client: httpx.Client, headers: dict[str, str]) -> None:
+        self.client = client
+        self.headers = headers
+
+    def attest(self, nonce: bytes, session_id: bytes) -> dict[str, Any]:
+        r = self.client.post("/v1/enclave/attest", headers=self.headers,
+                             json={"nonce": b64(nonce), "session_id": b64(session_id)})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/cbor"
+        offer: dict[str, Any] = cbor2.loads(r.content)
+        return offer
+
+    def provision(self, session_id: bytes, envelope: bytes) -> str:
+        r = self.client.post("/v1/enclave/provision", headers=self.headers,
+                             json={"session_id": b64(session_id), "envelope": b64(envelope)})
+        assert r.status_code == 200, r.text
+        return str(r.json()["key_id"])
+
+
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN}"}
 
@@ -171,8 +205,10 @@ class Route:
     """One endpoint: who may call it, what body it takes, how it is tenant-scoped.
 
     ``scope``: ``id`` (names tenant-owned ids in its path), ``list`` (lists the
-    caller's tenant), ``create`` (creates in the caller's tenant), ``none``
-    (not tenant data: health, admin, whoami).
+    caller's tenant), ``create`` (creates in the caller's tenant), ``key``
+    (answers only for a key the caller's tenant registered: relayed
+    provisioning, tested in ``test_relay.py``), ``none`` (not tenant data:
+    health, admin, whoami, the enclave's identity and challenge).
     """
 
     method: str
@@ -221,6 +257,9 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", "/v1/models/{model_id}/rounds/{round_id}", "owner", "id"),
     _r("POST", "/v1/models/{model_id}/rounds/{round_id}/retry", "owner", "id"),
     _r("POST", "/v1/models/{model_id}/predict", "owner predict", "id", "features"),
+    _r("GET", "/v1/enclave", "owner", "none"),
+    _r("POST", "/v1/enclave/attest", "owner", "none", "challenge"),
+    _r("POST", "/v1/enclave/provision", "owner", "key", "envelope"),
 )
 
 
@@ -250,6 +289,8 @@ class World:
                "model_create": {"name": "m2", "context_id": self.ids["context_id"],
                                 "n_features": N_FEATURES},
                "policy": {"epochs": 2},
+               "challenge": {"nonce": b64(bytes(32)), "session_id": b64(bytes(16))},
+               "envelope": {"session_id": b64(bytes(16)), "envelope": b64(b"not an envelope")},
                "current": {"version_id": version_id or self.ids["version_id"]}}[kind]
         return {"json": doc}
 

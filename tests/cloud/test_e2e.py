@@ -1,19 +1,24 @@
-"""End to end, all REAL: the service as OS processes (uvicorn + worker), a real enclave,
-real CKKS, a round started by uploads alone, and ``kill -9`` in the middle of it.
+"""End to end, all REAL: the service as OS processes (uvicorn, worker, simulated enclave),
+real CKKS, the tenant's key provisioned by attestation through the service's
+relay, a round started by uploads alone, and ``kill -9`` in the middle of it.
 
-The enclave runs as its own process here (as a TEE would, restarting from
-its sealed key), so killing the service's process group leaves it up; the
-service is pointed at it with ``--enclave-address``. A second test lets the
-service start its own enclave, as ``serve`` does by default.
+The service starts its own enclave with its state in ``<data_dir>/enclave``;
+``kill -9`` of the service's process group takes the enclave down too, so
+the restarted service's new enclave must serve the tenant from its sealed
+key, without the owner provisioning again. A second test points the service
+at an enclave it did not start (``--enclave-address``) and checks the
+relay's refusals over real HTTP.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,15 +27,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from cloudkit import RelayLink, b64
 
 from cipherloop.ckks import CiphertextBatch, Diagonals, SecretContext, preset, rotations_for_features
 from cipherloop.client.data import decrypt_model, encrypt_dataset, encrypt_model
-from cipherloop.cloud.wire import encode_samples
-
-try:
-    from cipherloop.learn import EnclaveClient, EnclaveProcess, EncryptedModel
-except ImportError:  # pragma: no cover - the learn package is developed alongside
-    pytest.skip("learn API not available yet", allow_module_level=True)
+from cipherloop.client.provisioning import provision, simulated_policy
+from cipherloop.errors import EnclaveUnavailable
+from cipherloop.learn import EnclaveClient, EnclaveProcess, EncryptedModel
+from cipherloop.learn.wire import encode_samples
 
 pytestmark = pytest.mark.slow
 
@@ -119,15 +123,30 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _set_up_tenant(url: str, owner: SecretContext, policy: dict[str, Any],
-                   X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Owner: tenant, context, model, first version, hold-out set, a contributor token."""
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A data directory with a short path, so the enclave's socket sits inside it."""
+    path = Path(tempfile.mkdtemp(prefix="cl-e2e-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _tenant(url: str, owner: SecretContext, *, name: str = "e2e") -> dict[str, Any]:
+    """Admin makes a tenant; its owner registers the public context."""
     c = httpx.Client(base_url=url, timeout=120)
-    tenant = c.post("/v1/admin/tenants", json={"name": "e2e"}, headers=_bearer(ADMIN)).json()
+    tenant = c.post("/v1/admin/tenants", json={"name": name}, headers=_bearer(ADMIN)).json()
     h = _bearer(tenant["owner_token"])
+    ctx = c.post("/v1/contexts", content=owner.public_context().serialize(), headers=h)
+    assert ctx.status_code == 201, ctx.text
+    return {"client": c, "owner": h, "context_id": ctx.json()["id"]}
+
+
+def _set_up_model(t: dict[str, Any], owner: SecretContext, policy: dict[str, Any],
+                  X: np.ndarray, y: np.ndarray) -> None:
+    """Owner: model, first version, hold-out set, a contributor and a predict token."""
+    c, h = t["client"], t["owner"]
     public = owner.public_context()
-    ctx = c.post("/v1/contexts", content=public.serialize(), headers=h).json()
-    model = c.post("/v1/models", headers=h, json={"name": "lr", "context_id": ctx["id"],
+    model = c.post("/v1/models", headers=h, json={"name": "lr", "context_id": t["context_id"],
                                                   "n_features": D, "policy": policy}).json()
     first = c.post(f"/v1/models/{model['id']}/versions", headers=h,
                    content=encrypt_model(public, np.zeros(D), 0.0).to_bytes(public))
@@ -137,54 +156,66 @@ def _set_up_tenant(url: str, owner: SecretContext, policy: dict[str, Any],
     assert hold.status_code == 201, hold.text
     contributor = c.post("/v1/tokens", json={"role": "contributor"}, headers=h).json()["token"]
     predictor = c.post("/v1/tokens", json={"role": "predict"}, headers=h).json()["token"]
-    return {"client": c, "owner": h, "model_id": model["id"], "first": first.json()["id"],
-            "contributor": _bearer(contributor), "predict": _bearer(predictor)}
+    t.update(model_id=model["id"], first=first.json()["id"], holdout=hold.json()["id"],
+             contributor=_bearer(contributor), predict=_bearer(predictor))
 
 
-@pytest.fixture
-def enclave(owner: SecretContext, tmp_path: Path) -> Iterator[EnclaveProcess]:
-    with EnclaveProcess(log_path=tmp_path / "enclave.log") as proc:
-        proc.client.provision_local(owner.export_secret(),
-                                    {"release": ["accuracy", "log_loss"], "min_samples": 16})
-        yield proc
+def _rounds(c: httpx.Client, t: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(c.get(f"/v1/models/{t['model_id']}/rounds", headers=t["owner"]).json())
 
 
-def test_round_from_uploads_alone_survives_kill_9(tmp_path: Path, owner: SecretContext,
-                                                 enclave: EnclaveProcess,
-                                                 data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
+        short_dir: Path, owner: SecretContext, data: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = data
-    data_dir = tmp_path / "data"
-    service = Service(data_dir, "--enclave-address", str(enclave.socket_path))
+    data_dir = short_dir / "data"
+    sock = data_dir.resolve() / "enclave" / "enclave.sock"
+    service = Service(data_dir)
     try:
+        root = data_dir.resolve() / "enclave" / "platform" / "sim-root.crt.pem"
+        assert "SIMULATED TEE" in service.log.read_text() and str(root) in service.log.read_text()
+        assert root.is_file()  # made by the enclave at start, before any owner asks
+        t = _tenant(service.url, owner)
+        c = t["client"]
+        verified = provision(RelayLink(c, t["owner"]), owner, simulated_policy(data_dir / "enclave"),
+                             policy={"release": ["accuracy", "log_loss"], "min_samples": 16},
+                             quiet_simulation=True)
+        assert verified.simulated
         policy = {"trigger_min_samples": 200, "epochs": 8, "batch_size": 50,
                   "learning_rate": 1.0, "momentum": 0.5, "release_metric": True}
-        t = _set_up_tenant(service.url, owner, policy, X, y)
-        c, m = t["client"], t["model_id"]
+        _set_up_model(t, owner, policy, X, y)
+        m = t["model_id"]
         ups = [c.post(f"/v1/models/{m}/uploads", content=_samples(owner, X[i:i + 100],
                                                                    y[i:i + 100]),
                       headers=t["contributor"]) for i in (0, 100)]
         assert [u.status_code for u in ups] == [201, 201]
 
-        def rounds() -> list[dict[str, Any]]:
-            return list(c.get(f"/v1/models/{m}/rounds", headers=t["owner"]).json())
-
-        running = _wait(lambda: [r for r in rounds() if r["state"] == "running"], timeout=60)
+        running = _wait(lambda: [r for r in _rounds(c, t) if r["state"] == "running"], timeout=60)
         service.kill9()
         assert running[0]["attempts"] == 1
+        with pytest.raises(EnclaveUnavailable):  # the enclave went down with the service
+            EnclaveClient(sock, timeout=5).hello()
 
-        service = Service(data_dir, "--enclave-address", str(enclave.socket_path))
+        service = Service(data_dir)
+        # A new enclave process, serving the tenant's key from sealed storage: nobody provisioned.
+        assert owner.key_id in EnclaveClient(sock, timeout=30).hello()["keys"]
         c = httpx.Client(base_url=service.url, timeout=120)
-        done = _wait(lambda: [r for r in c.get(f"/v1/models/{m}/rounds",
-                                               headers=t["owner"]).json()
-                              if r["state"] in ("done", "failed")], timeout=300, step=0.2)
+        done = _wait(lambda: [r for r in _rounds(c, t) if r["state"] in ("done", "failed")],
+                     timeout=300, step=0.2)
         (rnd,) = done
         assert rnd["state"] == "done", rnd
         assert rnd["attempts"] == 2 and rnd["trigger"] == "samples"
         assert sorted(rnd["upload_ids"]) == sorted(u.json()["id"] for u in ups)
+        assert rnd["holdout_id"] == t["holdout"]
         assert rnd["metrics"]["metric"] == "log_loss"
         assert rnd["decision"] == "promote", rnd  # training from zeros helps on this data
+        assert len(_rounds(c, t)) == 1
+        uploads = c.get(f"/v1/models/{m}/uploads", headers=t["owner"]).json()
+        assert len(uploads) == 3
+        assert {u["id"]: u["round_id"] for u in uploads if u["kind"] == "data"} == {
+            u.json()["id"]: rnd["id"] for u in ups}
         versions = c.get(f"/v1/models/{m}/versions", headers=t["owner"]).json()
         assert [v["round_id"] for v in versions] == [None, rnd["id"]]
+        assert [v["number"] for v in versions] == [1, 2]
         model = c.get(f"/v1/models/{m}", headers=t["owner"]).json()
         assert model["current_version_id"] == rnd["candidate_version_id"]
 
@@ -211,25 +242,65 @@ def test_round_from_uploads_alone_survives_kill_9(tmp_path: Path, owner: SecretC
         assert c.get("/healthz").status_code == 200
     finally:
         service.stop()
-
-
-def test_serve_starts_its_own_enclave(tmp_path: Path, owner: SecretContext,
-                                      data: tuple[np.ndarray, np.ndarray]) -> None:
-    X, y = data
-    data_dir = tmp_path / "d"
-    service = Service(data_dir)
-    try:
-        sock = data_dir.resolve() / "enclave.sock"
-        _wait(sock.exists, timeout=30)
-        EnclaveClient(sock).provision_local(owner.export_secret())
-        t = _set_up_tenant(service.url, owner, {"trigger_min_samples": 100, "epochs": 1}, X, y)
-        c, m = t["client"], t["model_id"]
-        c.post(f"/v1/models/{m}/uploads", content=_samples(owner, X[:100], y[:100]),
-               headers=t["contributor"])
-        done = _wait(lambda: [r for r in c.get(f"/v1/models/{m}/rounds",
-                                               headers=t["owner"]).json()
-                              if r["state"] in ("done", "failed")], timeout=300, step=0.2)
-        assert done[0]["state"] == "done", done
-    finally:
-        service.stop()
     assert not sock.exists()  # the enclave went down with the service
+
+
+class _Capture(RelayLink):
+    """Attests through the service's relay; keeps the envelope instead of sending it."""
+
+    envelopes: list[tuple[bytes, bytes]]
+
+    def provision(self, session_id: bytes, envelope: bytes) -> str:
+        self.envelopes.append((session_id, envelope))
+        return ""
+
+
+def _envelope(c: httpx.Client, h: dict[str, str], key: SecretContext,
+              state_dir: Path) -> tuple[bytes, bytes]:
+    """The owner's real protocol through the relay, up to a verified offer: (session, envelope)."""
+    link = _Capture(c, h)
+    link.envelopes = []
+    provision(link, key, simulated_policy(state_dir), quiet_simulation=True)
+    (out,) = link.envelopes
+    return out
+
+
+def test_relay_refusals_over_http_with_an_external_enclave(
+        tmp_path: Path, owner: SecretContext) -> None:
+    with EnclaveProcess(state_dir=tmp_path / "enclave", log_path=tmp_path / "enclave.log") as enc:
+        service = Service(tmp_path / "data", "--enclave-address", str(enc.socket_path))
+        try:
+            t = _tenant(service.url, owner)
+            c, h = t["client"], t["owner"]
+            info = c.get("/v1/enclave", headers=h).json()
+            assert info["platform"] == "sim" and info["simulated"] is True
+
+            def send(session_id: bytes, env: bytes, headers: dict[str, str] = h) -> httpx.Response:
+                return c.post("/v1/enclave/provision", headers=headers,
+                              json={"session_id": b64(session_id), "envelope": b64(env)})
+
+            session, envelope = _envelope(c, h, owner, enc.state_dir)
+            contributor = _bearer(c.post("/v1/tokens", json={"role": "contributor"},
+                                         headers=h).json()["token"])
+            assert send(session, envelope, contributor).status_code == 403
+            assert c.post("/v1/enclave/attest", headers=contributor,
+                          json={"nonce": b64(bytes(32)), "session_id": b64(bytes(16))}
+                          ).status_code == 403
+            assert send(bytes(16), envelope).status_code == 400  # a session never opened
+            tampered = bytearray(envelope)
+            tampered[-20] ^= 0x80
+            r = send(session, bytes(tampered))
+            assert r.status_code == 400 and "provisioning failed" in r.json()["detail"]
+            assert b64(bytes(tampered))[-60:-20] not in r.text and len(r.content) < 300
+            assert owner.key_id not in enc.client.hello()["keys"]
+
+            # A key this tenant never registered: the enclave takes it, the service says 409.
+            r = send(*_envelope(c, h, SecretContext.generate(preset("n8192")), enc.state_dir))
+            assert (r.status_code, r.json()) == (409, {"detail": "key is not registered by this tenant"})
+
+            # And the tenant's own key goes through.
+            ok = send(*_envelope(c, h, owner, enc.state_dir))
+            assert (ok.status_code, ok.json()) == (200, {"key_id": owner.key_id})
+            assert owner.key_id in enc.client.hello()["keys"]
+        finally:
+            service.stop()

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from cipherloop.cloud.app import create_app
 from cipherloop.cloud.settings import Settings
-from cipherloop.cloud.wire import encode_samples
+from cipherloop.learn.wire import encode_samples
 
 
 @pytest.fixture(scope="module")

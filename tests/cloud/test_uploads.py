@@ -31,7 +31,7 @@ from cipherloop.cloud import crud
 from cipherloop.cloud.app import create_app
 from cipherloop.cloud.blobs import BlobStore
 from cipherloop.cloud.settings import Settings
-from cipherloop.cloud.wire import encode_samples
+from cipherloop.learn.wire import encode_samples
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from ...learn.wire import decode_samples
 from .. import crud
 from ..blobs import sha256_hex
 from ..db import Role, UploadKind
 from ..deps import FORBIDDEN, ContributorDep, OwnerDep, ServicesDep, SessionDep, read_body
 from ..schemas import UploadPublic
-from ..wire import CBOR, check_samples, decode_samples
+from ..wire import CBOR, check_samples
 from . import binary_body, model_or_404, not_found
 
 router = APIRouter(tags=["uploads"])
@@ -27,7 +28,7 @@ router = APIRouter(tags=["uploads"])
 @router.post(
     "/v1/models/{model_id}/uploads",
     status_code=status.HTTP_201_CREATED,
-    openapi_extra=binary_body(CBOR, "cipherloop.cloud.wire.encode_samples(features, labels)"),
+    openapi_extra=binary_body(CBOR, "cipherloop.learn.wire.encode_samples(features, labels)"),
     responses={200: {"description": "These bytes were uploaded before (idempotent)",
                      "model": UploadPublic}},
 )
