@@ -189,7 +189,8 @@ def _link(socket: Path | None, server: str, token: str | None) -> Any:
 
 @app.command()
 def keygen(
-    out: Annotated[Path, typer.Option(help="Where to write the secret key file.")] = DEFAULT_KEY,
+    out: Annotated[Path, typer.Option(envvar="CIPHERLOOP_KEY",
+                                      help="Where to write the secret key file.")] = DEFAULT_KEY,
     features: Annotated[int, typer.Option(min=1, help="Most features a model will have.")] = 64,
     params: Annotated[str, typer.Option(help="CKKS preset: n8192 or n16384.")] = "n8192",
     force: Annotated[bool, typer.Option(help="Overwrite an existing key file.")] = False,

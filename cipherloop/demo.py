@@ -50,7 +50,7 @@ from .learn.reference import PlainModel, plain_refine
 @dataclass(frozen=True)
 class DemoConfig:
     rounds: int = 6
-    first_slice: int = 40
+    first_slice: int = 30
     holdout: int = 60
     epochs_per_round: int = 8
     learning_rate: float = 1.0
