@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..attest import SimulatedEvidenceWarning, VerifiedEvidence, VerifierPolicy, provision_enclave
 from ..ckks import SecretContext
+from ..errors import KeyMaterialError
 
 
 class EnclaveLink(Protocol):
@@ -31,9 +32,13 @@ def local_measurement() -> str:
 
 def sim_root(state_dir: str | Path) -> bytes:
     """The simulated TEE root an enclave created in ``state_dir``, for the owner to pin."""
-    from ..enclave.platform.sim import SimPlatform
+    from ..enclave.platform.sim import ROOT_CERT_FILE
 
-    return SimPlatform(Path(state_dir) / "platform").root_certificate_pem()
+    path = Path(state_dir) / "platform" / ROOT_CERT_FILE
+    try:
+        return path.read_bytes()
+    except OSError:
+        raise KeyMaterialError(f"no simulated TEE root at {path}; has that enclave started?") from None
 
 
 def simulated_policy(state_dir: str | Path, measurements: Collection[str] | None = None

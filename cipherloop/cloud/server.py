@@ -94,10 +94,6 @@ def _announce_platform(settings: Settings, client: EnclaveClient) -> None:
                  hello.get("measurement"))
         return
     root = settings.enclave_dir.resolve() / "platform" / "sim-root.crt.pem"
-    if settings.enclave_address is None and not root.exists():
-        # The simulated platform makes its root on first use; a throwaway challenge
-        # (its session is never completed) makes it now, so owners can pin it at once.
-        client.attest(os.urandom(32), os.urandom(16))
     where = (str(root) if settings.enclave_address is None
              else "the platform/sim-root.crt.pem in that enclave's --state-dir")
     message = (f"SIMULATED TEE -- NOT A TEE: the enclave protects nothing from this host. "

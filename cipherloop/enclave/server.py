@@ -77,6 +77,11 @@ class Enclave:
         settings = {"state_dir": config.state_dir / "platform"} if config.platform == "sim" else {}
         self.platform = platform if platform is not None else load_platform(config.platform, **settings)
         self.measurement = self.platform.measurement().hex()
+        # The simulated platform makes its root and host secret on first use; make them
+        # at start, so an owner can pin the root before sending the first challenge.
+        prepare = getattr(self.platform, "root_certificate_pem", None)
+        if callable(prepare):
+            prepare()
         self._pending: OrderedDict[bytes, provision.ProvisionState] = OrderedDict()
         self._pending_lock = threading.Lock()
         self._ops: dict[str, Handler] = {

@@ -85,6 +85,8 @@ _SEAL_SALT = b"cipherloop-sim-seal/v1"
 _log = logging.getLogger(__name__)
 
 _ROOT_CERT = "sim-root.crt.pem"
+#: File name of the simulated root certificate in a sim state directory (for owners to pin).
+ROOT_CERT_FILE = _ROOT_CERT
 _ROOT_KEY = "sim-root.key.pem"
 _LEAF_CERT = "sim-leaf.crt.pem"
 _LEAF_KEY = "sim-leaf.key.pem"
