@@ -7,7 +7,7 @@ from .batch import CiphertextBatch
 from .context import PublicContext, SecretContext
 from .layout import Diagonals, Replicated, SampleBlocks, rotations_for_features
 from .params import PRESETS, CkksParams, preset
-from .vector import Ciphertext, add_many, inner
+from .vector import Ciphertext, inner
 
 __all__ = [
     "PRESETS",
@@ -19,7 +19,6 @@ __all__ = [
     "Replicated",
     "SampleBlocks",
     "SecretContext",
-    "add_many",
     "inner",
     "preset",
     "rotations_for_features",

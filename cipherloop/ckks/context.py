@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import cbor2
 import numpy as np
@@ -105,9 +104,6 @@ class _ContextBase:
     def load_ciphertext(self, data: bytes) -> Ciphertext:
         return Ciphertext(self._backend, self._backend.load(data))
 
-    def has_rotation(self, steps: int) -> bool:
-        return self._backend.has_rotation(steps)
-
 
 class PublicContext(_ContextBase):
     """What the host holds: encrypt and evaluate; nothing here can decrypt."""
@@ -172,8 +168,3 @@ class SecretContext(_ContextBase):
         # Fresh noise is ~1e-3 even at scale 2**20; a wrong secret key gives values ~q/scale.
         if not np.allclose(got, probe, atol=0.1):
             raise KeyMaterialError("key file is corrupted: secret key does not match its public key")
-
-
-def params_of(data: bytes) -> Any:
-    """Parameters named by a serialised context, without loading its keys."""
-    return _unpack(data, "public")[0]

@@ -202,15 +202,6 @@ class SealBackend:
         """The prime a rescale at ``level`` divides by."""
         return self._primes[level]
 
-    def has_rotation(self, steps: int) -> bool:
-        gk = self._keys.galois_keys
-        if steps % self.params.slots == 0:
-            return True
-        if gk is None:
-            return False
-        elt = _galois_element(steps, self.params.poly_modulus_degree)
-        return bool(gk.has_key(elt))
-
     # -- encryption ------------------------------------------------------------
     def encode(self, values: np.ndarray | float, *, level: int, scale: float) -> Any:
         pt = seal.Plaintext()
@@ -272,17 +263,6 @@ class SealBackend:
         a, b = self._aligned(a, b)
         out = seal.Ciphertext(self._ctx)
         self._evaluator.sub(a, b, out)
-        return out
-
-    def add_many(self, cts: Sequence[Any]) -> Any:
-        if not cts:
-            raise ValueError("add_many needs at least one ciphertext")
-        low = min(self.level(c) for c in cts)
-        same = [c if self.level(c) == low else self.mod_switch_to(c, low) for c in cts]
-        if len(same) == 1:
-            return same[0]
-        out = seal.Ciphertext(self._ctx)
-        self._evaluator.add_many(same, out)
         return out
 
     def inner_product(self, left: Sequence[Any], right: Sequence[Any]) -> Any:

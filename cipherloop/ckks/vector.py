@@ -86,8 +86,3 @@ def inner(left: Sequence[Ciphertext], right: Sequence[Ciphertext]) -> Ciphertext
         raise ValueError("inner() needs two equally long, non-empty sequences")
     b = left[0]._backend
     return Ciphertext(b, b.inner_product([x.handle for x in left], [y.handle for y in right]))
-
-
-def add_many(cts: Sequence[Ciphertext]) -> Ciphertext:
-    b = cts[0]._backend
-    return Ciphertext(b, b.add_many([c.handle for c in cts]))

@@ -63,14 +63,6 @@ class RefineStats:
     seconds: float = 0.0
     ops: Counter[str] = field(default_factory=Counter)
 
-    def merge(self, other: RefineStats) -> None:
-        self.steps += other.steps
-        self.refreshes += other.refreshes
-        self.enclave_calls += other.enclave_calls
-        self.enclave_seconds += other.enclave_seconds
-        self.seconds += other.seconds
-        self.ops.update(other.ops)
-
 
 def minibatches(n_samples: int, batch_size: int | None) -> Iterator[tuple[int, int]]:
     """``[start, stop)`` ranges in order; the owner shuffles before encrypting."""
