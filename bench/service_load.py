@@ -20,31 +20,25 @@ Run: ``.venv/bin/python bench/service_load.py`` (``--quick`` for ~30 s).
 from __future__ import annotations
 
 import argparse
-import base64
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import httpx
 import numpy as np
 
-from cipherloop.attest import SimulatedEvidenceWarning
 from cipherloop.ckks import SecretContext, preset, rotations_for_features
 from cipherloop.client.data import encrypt_model, upload_body
 from cipherloop.client.provisioning import provision, simulated_policy
+from cipherloop.client.service import ServiceClient
+from cipherloop.cloud.process import ServiceProcess
 
 ADMIN = "service-load-admin-token-0123456789"
 
@@ -80,66 +74,6 @@ def _wait(what: Callable[[], Any], *, timeout: float, step: float = 0.1, label: 
             return value
         time.sleep(step)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {label}")
-
-
-class Server:
-    """The service as a subprocess on 127.0.0.1, in its own process group."""
-
-    def __init__(self, data_dir: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / "service.log"
-        env = {**os.environ, "CIPHERLOOP_ADMIN_TOKEN": ADMIN, "CIPHERLOOP_LOG_LEVEL": "warning"}
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cipherloop.cloud.server", "--data-dir", str(data_dir),
-                 "--host", "127.0.0.1", "--port", str(self.port), "--poll-interval-s", "0.1"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited:\n{self.log.read_text()}")
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait(up, timeout=60, label="the service to start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-class Relay:
-    """The owner's link to the enclave through the service's relay endpoints."""
-
-    def __init__(self, client: httpx.Client, headers: dict[str, str]) -> None:
-        self.client, self.headers = client, headers
-
-    def attest(self, nonce: bytes, session_id: bytes) -> dict[str, Any]:
-        r = self.client.post("/v1/enclave/attest", headers=self.headers,
-                             json={"nonce": _b64(nonce), "session_id": _b64(session_id)})
-        r.raise_for_status()
-        offer: dict[str, Any] = cbor2.loads(r.content)
-        return offer
-
-    def provision(self, session_id: bytes, envelope: bytes) -> str:
-        r = self.client.post("/v1/enclave/provision", headers=self.headers,
-                             json={"session_id": _b64(session_id), "envelope": _b64(envelope)})
-        r.raise_for_status()
-        return str(r.json()["key_id"])
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -193,7 +127,7 @@ def _contribute(url: str, model_id: str, token: str, uploads: list[Upload],
             up.done_at = time.monotonic()
 
 
-def run(cfg: Config, server: Server, data_dir: Path) -> int:
+def run(cfg: Config, server: ServiceProcess, data_dir: Path) -> int:
     c = httpx.Client(base_url=server.url, timeout=120)
     t0 = time.perf_counter()
     key = SecretContext.generate(preset("n8192"), rotations_for_features(cfg.features, 4096))
@@ -207,10 +141,10 @@ def run(cfg: Config, server: Server, data_dir: Path) -> int:
     ctx.raise_for_status()
     info = c.get("/v1/enclave", headers=owner).json()
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SimulatedEvidenceWarning)
-        verified = provision(Relay(c, owner), key, simulated_policy(data_dir / "enclave"),
-                             policy={"release": ["accuracy", "log_loss"], "min_samples": 16})
+    with ServiceClient(server.url, made.json()["owner_token"]) as relay:
+        verified = provision(relay, key, simulated_policy(data_dir / "enclave"),
+                             policy={"release": ["accuracy", "log_loss"], "min_samples": 16},
+                             quiet_simulation=True)
     t_prov = time.perf_counter() - t0
     policy = {"trigger_min_samples": cfg.trigger, "epochs": cfg.epochs,
               "batch_size": cfg.batch_size, "learning_rate": 1.0, "momentum": 0.5}
@@ -338,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = _config(a)
     tmp = Path(tempfile.mkdtemp(prefix="cl-load-"))  # short: the enclave socket lives inside
-    server = Server(tmp / "data")
+    server = ServiceProcess(tmp / "data", admin_token=ADMIN, poll_interval_s=0.1,
+                            log_path=tmp / "service.log",
+                            env={"CIPHERLOOP_LOG_LEVEL": "warning"}).start()
     try:
         return run(cfg, server, tmp / "data")
     finally:

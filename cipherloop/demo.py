@@ -19,14 +19,9 @@ hyperparameters and the same promote/keep decisions.
 
 from __future__ import annotations
 
-import os
 import secrets
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +35,8 @@ from .attest import VerifiedEvidence
 from .ckks import PublicContext, SecretContext, preset, rotations_for_features
 from .client.data import dataset_size, decrypt_model, encrypt_model, upload_body
 from .client.provisioning import provision, simulated_policy
-from .client.service import ServiceClient, ServiceUnavailable
+from .client.service import ServiceClient
+from .cloud.process import ServiceProcess
 from .errors import CipherloopError
 from .learn import RefineConfig
 from .learn.model import EncryptedModel
@@ -99,48 +95,6 @@ def accuracy(w: np.ndarray, b: float, data: tuple[np.ndarray, np.ndarray]) -> fl
     return float(np.mean((X @ w + b > 0) == (y > 0.5)))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def service_process(data_dir: Path, admin_token: str, *, timeout: float = 90.0) -> Iterator[str]:
-    """``python -m cipherloop.cloud.server`` on a free loopback port; yields its URL."""
-    port = _free_port()
-    env = {**os.environ, "CIPHERLOOP_ADMIN_TOKEN": admin_token}
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(data_dir / "service.log", "ab")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cipherloop.cloud.server", "--data-dir", str(data_dir),
-         "--host", "127.0.0.1", "--port", str(port), "--poll-interval-s", "0.3"],
-        env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        with ServiceClient(url) as probe:
-            while True:
-                if proc.poll() is not None:
-                    raise ServiceUnavailable(f"the service exited at start; see {data_dir}/service.log")
-                try:
-                    probe.health()
-                    break
-                except ServiceUnavailable:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
 def _wait_for_round(owner: ServiceClient, model_id: str, done_before: int, timeout: float
                     ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -176,7 +130,9 @@ def run(config: DemoConfig, workdir: Path, *,
     cfg = RefineConfig(learning_rate=config.learning_rate, momentum=config.momentum,
                        batch_size=config.batch_size, epochs=config.epochs_per_round)
     admin = secrets.token_urlsafe(24)
-    with service_process(workdir, admin) as url:
+    with ServiceProcess(workdir, admin_token=admin, log_path=workdir / "service.log",
+                        poll_interval_s=0.3) as service:
+        url = service.url
         say(f"service up at {url} (SQLite, blob store and enclave state in {workdir})")
         with ServiceClient(url, admin) as operator:
             owner_token = operator.create_tenant("demo-clinic")["owner_token"]

@@ -15,6 +15,7 @@ import pytest
 
 from cipherloop import demo as demo_mod
 from cipherloop.client.service import ServiceClient
+from cipherloop.cloud.process import ServiceProcess
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-c", "from cipherloop.cli import main; main()"]
@@ -29,8 +30,8 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.Co
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     data_dir = tmp_path_factory.mktemp("svc")
     admin = secrets.token_urlsafe(24)
-    with demo_mod.service_process(data_dir, admin) as url:
-        yield url, admin, data_dir
+    with ServiceProcess(data_dir, admin_token=admin) as service:
+        yield service.url, admin, data_dir
 
 
 def _xy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

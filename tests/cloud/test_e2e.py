@@ -12,12 +12,7 @@ relay's refusals over real HTTP.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +27,7 @@ from cloudkit import RelayLink, b64
 from cipherloop.ckks import CiphertextBatch, Diagonals, SecretContext, preset, rotations_for_features
 from cipherloop.client.data import decrypt_model, encrypt_dataset, encrypt_model
 from cipherloop.client.provisioning import provision, simulated_policy
+from cipherloop.cloud.process import ServiceProcess
 from cipherloop.errors import EnclaveUnavailable
 from cipherloop.learn import EnclaveClient, EnclaveProcess, EncryptedModel
 from cipherloop.learn.wire import encode_samples
@@ -40,55 +36,6 @@ pytestmark = pytest.mark.slow
 
 ADMIN = "e2e-admin-token-0123456789abcdef"
 D = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Service:
-    """``python -m cipherloop.cloud.server`` in its own process group."""
-
-    def __init__(self, data_dir: Path, *args: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"service-{self.port}.log"
-        env = {**os.environ, "CIPHERLOOP_ADMIN_TOKEN": ADMIN, "CIPHERLOOP_LOG_LEVEL": "info"}
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cipherloop.cloud.server", "--data-dir", str(data_dir),
-                 "--port", str(self.port), "--poll-interval-s", "0.1", *args],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_up()
-
-    def _wait_up(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"service did not come up:\n{self.log.read_text()}")
-
-    def kill9(self) -> None:
-        """SIGKILL the whole process group: server and worker die mid-whatever."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def _wait(what: Callable[[], Any], *, timeout: float, step: float = 0.05) -> Any:
@@ -169,10 +116,11 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
     X, y = data
     data_dir = short_dir / "data"
     sock = data_dir.resolve() / "enclave" / "enclave.sock"
-    service = Service(data_dir)
+    service = ServiceProcess(data_dir, admin_token=ADMIN, poll_interval_s=0.1,
+                             env={"CIPHERLOOP_LOG_LEVEL": "info"}).start()
     try:
         root = data_dir.resolve() / "enclave" / "platform" / "sim-root.crt.pem"
-        assert "SIMULATED TEE" in service.log.read_text() and str(root) in service.log.read_text()
+        assert "SIMULATED TEE" in service.log() and str(root) in service.log()
         assert root.is_file()  # made by the enclave at start, before any owner asks
         t = _tenant(service.url, owner)
         c = t["client"]
@@ -195,7 +143,8 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
         with pytest.raises(EnclaveUnavailable):  # the enclave went down with the service
             EnclaveClient(sock, timeout=5).hello()
 
-        service = Service(data_dir)
+        service = ServiceProcess(data_dir, admin_token=ADMIN, poll_interval_s=0.1,
+                             env={"CIPHERLOOP_LOG_LEVEL": "info"}).start()
         # A new enclave process, serving the tenant's key from sealed storage: nobody provisioned.
         assert owner.key_id in EnclaveClient(sock, timeout=30).hello()["keys"]
         c = httpx.Client(base_url=service.url, timeout=120)
@@ -268,7 +217,9 @@ def _envelope(c: httpx.Client, h: dict[str, str], key: SecretContext,
 def test_relay_refusals_over_http_with_an_external_enclave(
         tmp_path: Path, owner: SecretContext) -> None:
     with EnclaveProcess(state_dir=tmp_path / "enclave", log_path=tmp_path / "enclave.log") as enc:
-        service = Service(tmp_path / "data", "--enclave-address", str(enc.socket_path))
+        service = ServiceProcess(tmp_path / "data", admin_token=ADMIN, poll_interval_s=0.1,
+                                 args=["--enclave-address", str(enc.socket_path)],
+                                 env={"CIPHERLOOP_LOG_LEVEL": "info"}).start()
         try:
             t = _tenant(service.url, owner)
             c, h = t["client"], t["owner"]
