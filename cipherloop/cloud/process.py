@@ -1,6 +1,6 @@
 """The service as a child process: for the demo, benchmarks and end-to-end tests.
 
-Runs in: whoever launches the service (operator tooling). ``python -m
+Runs in: host (the operator tooling that launches the service). ``python -m
 cipherloop.cloud.server`` on a free loopback port, in its own process group
 so that stopping it -- or killing it with ``kill -9`` -- takes its worker and
 enclave along, exactly as a crashed machine would.
