@@ -41,10 +41,6 @@ class CiphertextBatch:
         return cls(context.params.digest(), context.key_id, dict(layout),
                    tuple(c.to_bytes() for c in cts))
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(b) for b in self.items)
-
     def to_bytes(self) -> bytes:
         return bytes(cbor2.dumps({
             "format": _FORMAT,

@@ -9,8 +9,10 @@ symmetric encryption, which the packed kernels need.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +35,10 @@ def _scratch_dir() -> Path:
 
 
 class _Scratch:
-    """SEAL's binding saves and loads only through file paths; keep those files short-lived."""
+    """SEAL's binding saves and loads only through file paths; keep those files short-lived.
+
+    The folder is made on first use and removed when this object is collected.
+    """
 
     def __init__(self) -> None:
         self._dir: Path | None = None
@@ -42,6 +47,7 @@ class _Scratch:
     def path(self) -> Iterator[str]:
         if self._dir is None or not self._dir.is_dir():
             self._dir = _scratch_dir()
+            weakref.finalize(self, shutil.rmtree, self._dir, True)
         p = self._dir / uuid.uuid4().hex
         try:
             yield str(p)
@@ -189,7 +195,9 @@ class SealBackend:
             relin_keys=self._keys.relin_keys,
             galois_keys=self._keys.galois_keys,
         )
-        return SealBackend(self.params, keys, self._ctx)
+        public = SealBackend(self.params, keys, self._ctx)
+        public._scratch = self._scratch  # one scratch folder per key set
+        return public
 
     # -- introspection -------------------------------------------------------
     def level(self, ct: Any) -> int:

@@ -155,19 +155,17 @@ def _metrics(z: np.ndarray, y: np.ndarray, clip: float) -> dict[str, float]:
     }
 
 
-def _logits_and_labels(entry: KeyEntry, z_raw: bytes, y_raw: bytes, *,
-                       max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    z_batch, z_layout = _open(entry, z_raw, max_bytes=max_bytes)
-    y_batch, y_layout = _open(entry, y_raw, max_bytes=max_bytes)
-    if not isinstance(z_layout, SampleBlocks) or z_layout != y_layout:
+def _samples(entry: KeyEntry, *raws: bytes, max_bytes: int) -> tuple[SampleBlocks, list[np.ndarray]]:
+    """Decrypt several sample-block batches of one layout (logits, labels) after checking them."""
+    opened = [_open(entry, raw, max_bytes=max_bytes) for raw in raws]
+    layout = opened[0][1]
+    if not isinstance(layout, SampleBlocks) or any(lay != layout for _, lay in opened):
         raise ShapeError("logits and labels must be sample blocks of the same layout")
-    if not (len(z_batch.items) == len(y_batch.items) == z_layout.n_blocks):
+    if any(len(batch.items) != layout.n_blocks for batch, _ in opened):
         raise ShapeError("logits and labels must cover every block of their layout")
-    if z_layout.n_samples < entry.policy.min_samples:
+    if layout.n_samples < entry.policy.min_samples:
         raise PolicyViolation("too few samples for an aggregate under this policy")
-    z = z_layout.unpack(_decrypt_all(entry, z_batch))
-    y = z_layout.unpack(_decrypt_all(entry, y_batch))
-    return z, y
+    return layout, [layout.unpack(_decrypt_all(entry, batch)) for batch, _ in opened]
 
 
 def evaluate(entry: KeyEntry, z_raw: bytes, y_raw: bytes, *, metrics: Sequence[str],
@@ -176,7 +174,7 @@ def evaluate(entry: KeyEntry, z_raw: bytes, y_raw: bytes, *, metrics: Sequence[s
     wanted = list(metrics)
     if not wanted or not set(wanted) <= set(entry.policy.release):
         raise PolicyViolation("the owner's policy does not release these metrics")
-    z, y = _logits_and_labels(entry, z_raw, y_raw, max_bytes=max_bytes)
+    _, (z, y) = _samples(entry, z_raw, y_raw, max_bytes=max_bytes)
     entry.budget.spend()
     values = _metrics(z, y, entry.policy.clip)
     return {m: coarse(values[m]) for m in wanted}
@@ -189,11 +187,10 @@ def compare(entry: KeyEntry, candidate_raw: bytes, current_raw: bytes, y_raw: by
         raise PolicyViolation("the owner's policy does not release promote/keep decisions")
     if metric not in ("accuracy", "log_loss"):
         raise EnclaveError("unknown metric")
-    cand, y = _logits_and_labels(entry, candidate_raw, y_raw, max_bytes=max_bytes)
-    cur, y2 = _logits_and_labels(entry, current_raw, y_raw, max_bytes=max_bytes)
+    _, (cand, cur, y) = _samples(entry, candidate_raw, current_raw, y_raw, max_bytes=max_bytes)
     entry.budget.spend()
     clip = entry.policy.clip
-    a, b = _metrics(cand, y, clip)[metric], _metrics(cur, y2, clip)[metric]
+    a, b = _metrics(cand, y, clip)[metric], _metrics(cur, y, clip)[metric]
     promote = a >= b if metric == "accuracy" else a <= b
     out: dict[str, Any] = {"promote": bool(promote)}
     if metric in entry.policy.release:

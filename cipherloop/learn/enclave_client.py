@@ -59,8 +59,6 @@ class EnclaveClient:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self.seconds = 0.0  # wall time spent waiting on the enclave, for benchmarks
-        self.calls = 0
 
     def __repr__(self) -> str:
         return f"EnclaveClient({self.address!r})"
@@ -85,7 +83,6 @@ class EnclaveClient:
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         """One operation; remote refusals are raised as the matching local error."""
-        t0 = time.perf_counter()
         with self._lock:
             sock = self._connect()
             try:
@@ -95,8 +92,6 @@ class EnclaveClient:
                 sock.close()
                 self._sock = None
                 raise EnclaveUnavailable(f"enclave died or hung during {op!r}") from None
-        self.seconds += time.perf_counter() - t0
-        self.calls += 1
         if reply.get("ok") is True and isinstance(reply.get("result"), dict):
             result: dict[str, Any] = reply["result"]
             return result
