@@ -35,10 +35,11 @@ import httpx
 import numpy as np
 
 from cipherloop.ckks import SecretContext, preset, rotations_for_features
-from cipherloop.client.data import encrypt_model, upload_body
-from cipherloop.client.provisioning import provision, simulated_policy
+from cipherloop.client.data import encrypt_batches, encrypt_model, upload_body
+from cipherloop.client.provisioning import holdout_pin, provision, simulated_policy
 from cipherloop.client.service import ServiceClient
 from cipherloop.cloud.process import ServiceProcess
+from cipherloop.learn.wire import encode_samples
 
 ADMIN = "service-load-admin-token-0123456789"
 
@@ -141,9 +142,11 @@ def run(cfg: Config, server: ServiceProcess, data_dir: Path) -> int:
     ctx.raise_for_status()
     info = c.get("/v1/enclave", headers=owner).json()
     t0 = time.perf_counter()
+    hold = encrypt_batches(key, *_data(256, cfg.features, seed=1))  # pinned in the policy
     with ServiceClient(server.url, made.json()["owner_token"]) as relay:
         verified = provision(relay, key, simulated_policy(data_dir / "enclave"),
-                             policy={"release": ["accuracy", "log_loss"], "min_samples": 16},
+                             policy={"release": ["accuracy", "log_loss"], "min_samples": 16,
+                                     "holdouts": [holdout_pin(*hold)]},
                              quiet_simulation=True)
     t_prov = time.perf_counter() - t0
     policy = {"trigger_min_samples": cfg.trigger, "epochs": cfg.epochs,
@@ -157,7 +160,7 @@ def run(cfg: Config, server: ServiceProcess, data_dir: Path) -> int:
            content=encrypt_model(public, np.zeros(cfg.features), 0.0).to_bytes(public)
            ).raise_for_status()
     c.post(f"/v1/models/{m}/uploads?kind=holdout", headers=owner,
-           content=upload_body(key, *_data(256, cfg.features, seed=1))).raise_for_status()
+           content=encode_samples(*hold)).raise_for_status()
     tokens = [c.post("/v1/tokens", json={"role": "contributor", "label": f"device-{i}"},
                      headers=owner).json()["token"] for i in range(cfg.contributors)]
 

@@ -261,8 +261,10 @@ def provision_cmd(
 
     secret = _read_key(key)
     verifier = _verifier(allow_simulated, sim_root, measurement)
-    policy = {"release": [m for m in release.split(",") if m]}
+    policy = _enclave_policy(key)
+    policy["release"] = [m for m in release.split(",") if m]
     verified = provision(_link(socket, server, token), secret, verifier, policy=policy)
+    _save_enclave_policy(key, policy)
     _print_evidence(verified)
     console.print(f"key {secret.key_id} provisioned")
 
@@ -329,13 +331,23 @@ def init(
     creates the model with its refinement policy, uploads the encrypted initial
     model (and hold-out set). From then on the service refines on its own.
     """
-    from .client.data import encrypt_model, upload_body
-    from .client.provisioning import provision
+    from .client.data import encrypt_batches, encrypt_model
+    from .client.provisioning import holdout_pin, provision
     from .client.service import ServiceClient, ServiceError
+    from .enclave.policy import MAX_PINNED
+    from .learn.wire import encode_samples
 
     secret = _read_key(key)
     verifier = _verifier(allow_simulated, sim_root, measurement)
     coef, intercept = _initial_weights(initial, features)
+    enclave_policy = _enclave_policy(key)
+    hold = None
+    if holdout is not None:
+        # Encrypt once and pin exactly these batches: the enclave releases metrics only
+        # about a hold-out set its owner pinned, never one the host chose.
+        hold = encrypt_batches(secret, *_load_xy(holdout, None))
+        pins = [p for p in enclave_policy.get("holdouts", []) if p != holdout_pin(*hold)]
+        enclave_policy["holdouts"] = [*pins[-(MAX_PINNED - 1):], holdout_pin(*hold)]
     with ServiceClient(server, token) as svc:
         with console.status("registering the public context"):
             public = secret.public_context().serialize()
@@ -345,16 +357,39 @@ def init(
                 if exc.status != 409:
                     raise
                 ctx = next(c for c in svc.contexts() if c["key_id"] == secret.key_id)
-        verified = provision(svc, secret, verifier)
+        verified = provision(svc, secret, verifier, policy=enclave_policy)
+        _save_enclave_policy(key, enclave_policy)
         _print_evidence(verified)
         policy = _policy(trigger_samples, interval, epochs, lr, momentum, batch_size, release_metric)
         model = svc.create_model(name, ctx["id"], features, policy)
         svc.upload_version(model["id"], encrypt_model(secret, coef, intercept).to_bytes(secret))
-        if holdout is not None:
-            X, y = _load_xy(holdout, None)
-            svc.upload_samples(model["id"], upload_body(secret, X, y), holdout=True)
+        if hold is not None:
+            svc.upload_samples(model["id"], encode_samples(*hold), holdout=True)
     console.print(f"model [bold]{model['id']}[/] ready; the service refines it on its own.")
     console.print(f"  export CIPHERLOOP_MODEL={model['id']}")
+
+
+def _enclave_policy_path(key: Path) -> Path:
+    return key.with_name(key.name + ".policy.json")
+
+
+def _enclave_policy(key: Path) -> dict[str, Any]:
+    """The enclave policy last provisioned with this key (its pinned hold-out sets), kept at home."""
+    import json
+
+    try:
+        doc = json.loads(_enclave_policy_path(key).read_text())
+    except (OSError, ValueError):
+        return {}
+    doc = dict(doc) if isinstance(doc, dict) else {}
+    doc.pop("version", None)  # every provisioning gets a newer one
+    return doc
+
+
+def _save_enclave_policy(key: Path, policy: dict[str, Any]) -> None:
+    import json
+
+    _enclave_policy_path(key).write_text(json.dumps(policy, indent=1) + "\n")
 
 
 def _initial_weights(path: Path | None, features: int) -> tuple[Any, float]:

@@ -33,14 +33,15 @@ from sklearn.preprocessing import StandardScaler
 
 from .attest import VerifiedEvidence
 from .ckks import PublicContext, SecretContext, preset, rotations_for_features
-from .client.data import dataset_size, decrypt_model, encrypt_model, upload_body
-from .client.provisioning import provision, simulated_policy
+from .client.data import dataset_size, decrypt_model, encrypt_batches, encrypt_model, upload_body
+from .client.provisioning import holdout_pin, provision, simulated_policy
 from .client.service import ServiceClient
 from .cloud.process import ServiceProcess
 from .errors import CipherloopError
 from .learn import RefineConfig
 from .learn.model import EncryptedModel
 from .learn.reference import PlainModel, plain_refine
+from .learn.wire import encode_samples
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,9 @@ def run(config: DemoConfig, workdir: Path, *,
         key = SecretContext.generate(params, rotations_for_features(d, params.slots))
         owner = ServiceClient(url, owner_token)
         ctx = owner.register_context(key.public_context().serialize())
-        verified = provision(owner, key, simulated_policy(workdir / "enclave"))
+        holdout = encrypt_batches(key, *data.holdout)  # pinned: releases only about these
+        verified = provision(owner, key, simulated_policy(workdir / "enclave"),
+                             policy={"holdouts": [holdout_pin(*holdout)]})
         if on_attested is not None:
             on_attested(verified)
         policy = {"trigger_min_samples": min(len(c[1]) for c in data.rounds),
@@ -151,7 +154,7 @@ def run(config: DemoConfig, workdir: Path, *,
         model_id = owner.create_model("breast-cancer", ctx["id"], d, policy)["id"]
         first = plain_refine(PlainModel(np.zeros(d)), [data.first], cfg)
         owner.upload_version(model_id, encrypt_model(key, first.coef, first.intercept).to_bytes(key))
-        owner.upload_samples(model_id, upload_body(key, *data.holdout), holdout=True)
+        owner.upload_samples(model_id, encode_samples(*holdout), holdout=True)
         device_token = owner.create_token("contributor", "bedside device")["token"]
         say(f"owner set up model {model_id} and went offline (policy: refine every "
             f"{policy['trigger_min_samples']} new samples, {cfg.epochs} epochs)")

@@ -39,6 +39,54 @@ class PolicyViolation(EnclaveError):
     """The owner's policy does not allow this release or operation."""
 
 
+# --- Enclave refusals: one class per reason, all raised before anything is decrypted. ---
+# A test (or an operator) can tell "refused for this reason" from "the enclave faulted".
+
+
+class UnknownKey(EnclaveError):
+    """No key with this id is provisioned in this enclave."""
+
+
+class BadRequest(EnclaveError):
+    """A request field is missing, of the wrong type, or outside its documented bounds."""
+
+
+class LevelMismatch(InvalidCiphertext):
+    """A ciphertext sits at a level the operation does not take."""
+
+
+class ScaleMismatch(InvalidCiphertext):
+    """A ciphertext's scale is not the exact scale the operation expects at its level."""
+
+
+class BudgetExhausted(PolicyViolation):
+    """The owner's release budget (per day, or in total) is spent."""
+
+
+class TooFewSamples(PolicyViolation):
+    """An aggregate would cover fewer samples than the owner's policy asks for."""
+
+
+class UnpinnedHoldout(PolicyViolation):
+    """Releases are computed only on hold-out sets the owner pinned in its policy."""
+
+
+class StalePolicy(PolicyViolation):
+    """A policy older than (or conflicting with) the one the enclave holds was offered."""
+
+
+class KeySuspended(EnclaveError):
+    """The enclave stopped serving this key after a fault of its own; the owner must re-provision."""
+
+
+class StateDirLocked(EnclaveError):
+    """Another enclave process already serves this state directory (it would fork the budget)."""
+
+
+class EnclaveFault(EnclaveError):
+    """Something failed after decryption. Always the same message, whatever the values."""
+
+
 class AttestationError(CipherloopError):
     """Evidence failed verification; never says more than which check failed."""
 

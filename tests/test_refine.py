@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from enclavekit import pinned, provision_sim
 
 from cipherloop.ckks import CiphertextBatch, PublicContext, SecretContext
-from cipherloop.client.data import decrypt_model, encrypt_dataset, encrypt_model
+from cipherloop.client.data import decrypt_model, encrypt_batches, encrypt_dataset, encrypt_model
 from cipherloop.errors import ShapeError
 from cipherloop.learn import (
     EnclaveProcess,
@@ -94,18 +95,28 @@ def test_holdout_metrics_and_promotion_decision(
         breast_cancer: tuple[np.ndarray, np.ndarray], owner_key: SecretContext,
         host_context: PublicContext, enclave: EnclaveProcess) -> None:
     X, y = breast_cancer
-    hold = _to_host(host_context, owner_key, encrypt_dataset(owner_key, X[400:], y[400:]))
+    pinned_set = encrypt_batches(owner_key, X[400:], y[400:])
+    hold = EncryptedDataset.from_batches(host_context, *pinned_set)
     train = _to_host(host_context, owner_key, encrypt_dataset(owner_key, X[:200], y[:200]))
     zero = encrypt_model(host_context, np.zeros(X.shape[1]), 0.0)
     better, _ = refine(zero, [train], RefineConfig(epochs=5), context=host_context,
                        enclave=enclave.client)
-    metrics = evaluate(better, hold, context=host_context, enclave=enclave.client)
-    assert set(metrics) == {"accuracy", "log_loss"} and metrics["accuracy"] > 0.85
-    assert metrics["accuracy"] == round(metrics["accuracy"], 3)
-    decision = compare(better, zero, hold, context=host_context, enclave=enclave.client)
-    assert decision["promote"] is True and decision["candidate"] < decision["current"]
-    assert compare(zero, better, hold, context=host_context, enclave=enclave.client)["promote"] is False
+    with EnclaveProcess() as proc:
+        provision_sim(proc, owner_key, pinned(pinned_set))
+        metrics = evaluate(better, pinned_set, context=host_context, enclave=proc.client)
+        assert set(metrics) == {"accuracy", "log_loss"} and metrics["accuracy"] > 0.85
+        assert metrics["accuracy"] == round(metrics["accuracy"], 3)
+        w, b = decrypt_model(owner_key, better)
+        p = 1 / (1 + np.exp(-np.clip(X[400:] @ w + b, -16, 16)))
+        assert metrics["accuracy"] == round(float(np.mean((p > 0.5) == (y[400:] > 0.5))), 3)
+        decision = compare(better, zero, pinned_set, context=host_context, enclave=proc.client,
+                           with_metrics=True)
+        assert decision["promote"] is True and decision["candidate"] < decision["current"]
+        assert decision["current"] == round(np.log(2), 3)
+        assert compare(zero, better, pinned_set, context=host_context,
+                       enclave=proc.client)["promote"] is False
     z = scores(better, hold, context=host_context, enclave=enclave.client)  # encrypted inference
     w, b = decrypt_model(owner_key, better)
     got = hold.layout.samples.unpack([owner_key.decrypt(c) for c in z])
+
     assert np.abs(got - (X[400:] @ w + b)).max() < 1e-3

@@ -8,6 +8,7 @@ touches a single ciphertext -- instead of decrypting to garbage.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,15 @@ class CiphertextBatch:
             return cls(str(doc["params"]), str(doc["key_id"]), layout, tuple(items))
         except Exception:
             raise InvalidCiphertext("not a ciphertext batch (malformed or truncated)") from None
+
+    def digest(self) -> str:
+        """SHA-256 of the batch's canonical encoding: what an owner pins (e.g. its hold-out set).
+
+        Canonical CBOR, so a batch parsed and re-serialised by the host keeps its digest.
+        """
+        doc = {"format": _FORMAT, "params": self.params_digest, "key_id": self.key_id,
+               "layout": self.layout, "items": list(self.items)}
+        return hashlib.sha256(cbor2.dumps(doc, canonical=True)).hexdigest()
 
     def check(self, context: Any) -> None:
         """Refuse a batch made under other parameters or another key."""

@@ -211,17 +211,29 @@ def rotations_for_features(n_features: int, slots: int) -> list[int]:
     return sorted(need)
 
 
+#: Largest count any layout field may hold: 2**31 samples is ~500 GB of ciphertexts.
+MAX_COUNT = 2**31
+
+
+def _count(desc: dict[str, Any], name: str) -> int:
+    """A layout field: a true integer in ``[1, MAX_COUNT]`` (no floats, bools or infinities)."""
+    value = desc[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise ValueError(name)
+    return value
+
+
 def from_description(desc: dict[str, Any]) -> SampleBlocks | Replicated | Diagonals:
-    """Rebuild a layout from its wire description, refusing anything malformed."""
+    """Rebuild a layout from its wire description, refusing anything malformed or out of bounds."""
     try:
         kind = desc["kind"]
         if kind == "samples":
-            return SampleBlocks(int(desc["n_samples"]), int(desc["slots"]))
+            return SampleBlocks(_count(desc, "n_samples"), _count(desc, "slots"))
         if kind == "replicated":
-            return Replicated(int(desc["n_values"]), int(desc["period"]), int(desc["slots"]))
+            return Replicated(_count(desc, "n_values"), _count(desc, "period"), _count(desc, "slots"))
         if kind == "diagonals":
-            return Diagonals(int(desc["n_samples"]), int(desc["n_features"]), int(desc["slots"]),
-                             int(desc["baby"]))
-    except (KeyError, TypeError, ValueError):
+            return Diagonals(_count(desc, "n_samples"), _count(desc, "n_features"),
+                             _count(desc, "slots"), _count(desc, "baby"))
+    except (KeyError, TypeError, ValueError, OverflowError):
         pass
     raise ShapeError("unknown or malformed slot layout")

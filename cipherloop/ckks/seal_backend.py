@@ -319,7 +319,10 @@ class SealBackend:
         return out
 
     def multiply_values(self, ct: Any, values: np.ndarray | float, *, scale: float) -> Any:
-        pt = self.encode(values, level=self.level(ct), scale=scale)
+        return self.multiply_plain(ct, self.encode(values, level=self.level(ct), scale=scale))
+
+    def multiply_plain(self, ct: Any, pt: Any) -> Any:
+        """``ct * pt`` for a plaintext encoded at ``ct``'s level (no rescale)."""
         out = seal.Ciphertext(self._ctx)
         self._evaluator.multiply_plain(ct, pt, out)
         self.counts["multiply_plain"] += 1
@@ -337,7 +340,9 @@ class SealBackend:
             raise InvalidCiphertext(
                 "ciphertext bytes are malformed or not valid for these parameters"
             ) from None
-        if tuple(ct.parms_id()) not in self._level_of or ct.size() != 2:
+        # SEAL's load already refuses coefficients outside the ring (is_valid_for);
+        # a CKKS ciphertext is also always two polynomials in NTT form.
+        if tuple(ct.parms_id()) not in self._level_of or ct.size() != 2 or not ct.is_ntt_form():
             raise InvalidCiphertext("ciphertext is not valid for these parameters")
         return ct
 

@@ -7,13 +7,14 @@ the enclave socket directly, or the cloud service relaying to its enclave.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..attest import SimulatedEvidenceWarning, VerifiedEvidence, VerifierPolicy, provision_enclave
-from ..ckks import SecretContext
+from ..ckks import CiphertextBatch, SecretContext
 from ..errors import KeyMaterialError
 
 
@@ -52,6 +53,15 @@ def simulated_policy(state_dir: str | Path, measurements: Collection[str] | None
                           pinned_roots=(sim_root(state_dir),))
 
 
+def holdout_pin(features: CiphertextBatch, labels: CiphertextBatch) -> list[str]:
+    """What an owner pins in its policy so the enclave scores releases on this hold-out set only.
+
+    Pin the very batches you upload: encryption is randomised, so a second
+    encryption of the same data has other digests.
+    """
+    return [features.digest(), labels.digest()]
+
+
 def provision(link: EnclaveLink, key: SecretContext, verifier: VerifierPolicy, *,
               policy: Mapping[str, Any] | None = None, quiet_simulation: bool = False
               ) -> VerifiedEvidence:
@@ -62,7 +72,10 @@ def provision(link: EnclaveLink, key: SecretContext, verifier: VerifierPolicy, *
     link : the enclave, directly or through the service.
     key : the owner's secret context.
     verifier : what the owner accepts as a trustworthy enclave.
-    policy : the release policy the enclave must enforce for this key.
+    policy : the release policy the enclave must enforce for this key (see
+        ``cipherloop.enclave.policy.Policy``). Its ``version`` defaults to the
+        current time in microseconds, so a later provisioning replaces an
+        earlier one and the enclave refuses the older one from then on.
     quiet_simulation : suppress the simulated-evidence warning (the caller shows its own).
     """
     sessions: list[bytes] = []
@@ -77,5 +90,7 @@ def provision(link: EnclaveLink, key: SecretContext, verifier: VerifierPolicy, *
     with warnings.catch_warnings():
         if quiet_simulation:
             warnings.simplefilter("ignore", SimulatedEvidenceWarning)
+        doc = dict(policy or {})
+        doc.setdefault("version", time.time_ns() // 1000)
         return provision_enclave(offer, send, key.export_secret(), key.key_id, key.params.digest(),
-                                 dict(policy or {}), verifier)
+                                 doc, verifier)

@@ -166,8 +166,9 @@ class LearnRefiner:
                                None, info)
         hold = EncryptedDataset.from_batches(context, holdout.features, holdout.labels)
         try:
-            verdict = compare(candidate, current, hold, context=context, enclave=enclave,
-                              metric=spec.metric)
+            verdict = compare(candidate, current, (holdout.features, holdout.labels),
+                              context=context, enclave=enclave, metric=spec.metric,
+                              with_metrics=spec.release_metric)
         except PolicyViolation as exc:
             return RoundResult(out, Decision.KEEP, f"kept: the enclave gave no verdict ({exc})",
                                None, info)

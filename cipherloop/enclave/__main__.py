@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ..errors import StateDirLocked
 from .framing import DEFAULT_MAX_FRAME
 from .server import EnclaveConfig, serve
 
@@ -31,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     config = EnclaveConfig(a.socket, a.state_dir, a.max_frame, a.platform,
                            a.allow_local_provisioning)
-    with contextlib.suppress(KeyboardInterrupt):
-        serve(config)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            serve(config)
+    except StateDirLocked as exc:
+        logging.getLogger("cipherloop.enclave").error("%s: %s", exc, a.state_dir)
+        return 3
     return 0
 
 

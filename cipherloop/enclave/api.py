@@ -1,48 +1,176 @@
 """The narrow operations the enclave offers. None of them returns plaintext values.
 
-Runs in: enclave. Each operation validates everything it can -- sizes, key
-and parameter identity, layouts, counts, ranges -- before it decrypts a
-single ciphertext, then works branch-free on the decrypted values (clipped
-inputs, masks instead of conditionals) and answers with fresh ciphertexts,
-or with the coarse aggregates the owner's policy names.
+Runs in: enclave. The host is the attacker (DESIGN.md, "The enclave's
+rules"); any reply, error or timing that depends on a decrypted value is a
+decryption oracle. So every operation has two phases:
+
+1. **Before decryption** it validates everything the host sent: sizes,
+   parameter digest and key id, layouts, counts, ranges, and each
+   ciphertext's level, exact scale, size and ring membership
+   (:func:`_load`). A refusal here has its own error class and depends only
+   on what the host already knows.
+2. **After decryption** (:func:`_after_decryption`) values are sanitised by
+   construction -- non-finite values replaced, then clipped to a documented
+   range (:func:`_reveal`) -- and every output encoding (level, scale,
+   layout) is fixed by the operation and sized so that no value in that range
+   can make re-encryption fail. Should anything fail there anyway, it is the
+   enclave's own fault: the reply is the same :class:`EnclaveFault` whatever
+   the values, and the key is suspended until the owner re-provisions it, so
+   a fault cannot be probed twice.
+
+Releases (:func:`evaluate`, :func:`compare`) are computed only on hold-out
+sets the owner pinned in its policy, scored by the enclave itself from the
+model ciphertexts -- the only host-chosen input to a release is the model --
+and every released number is charged, durably, before it leaves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ..ckks import CiphertextBatch, Diagonals, Replicated, SampleBlocks
+from ..ckks import Ciphertext, CiphertextBatch, Diagonals, Replicated, SampleBlocks
 from ..ckks.layout import from_description
-from ..errors import EnclaveError, PolicyViolation, ShapeError
+from ..errors import (
+    BadRequest,
+    EnclaveFault,
+    LevelMismatch,
+    PolicyViolation,
+    ScaleMismatch,
+    ShapeError,
+    TooFewSamples,
+    UnpinnedHoldout,
+)
 from .keystore import KeyEntry
-from .policy import coarse
+from .policy import METRICS, coarse
 
 MAX_BATCHES = 64
+#: Decrypted model and sample values are clipped to ``[-VALUE_BOUND, VALUE_BOUND]``;
+#: at the top level and nominal scale that leaves > 60 bits of modulus headroom.
+VALUE_BOUND = float(2**20)
+#: Scale the enclave encodes a decrypted model at when it scores a hold-out set.
+_SCORE_SCALE = float(2**30)
+
+L = TypeVar("L", SampleBlocks, Replicated, Diagonals)
 
 
-def _check_level(entry: KeyEntry, level: int, *, lowest: int = 0) -> int:
-    top = entry.context.params.top_level
-    if not lowest <= level <= top:
-        raise EnclaveError(f"level must be between {lowest} and {top}")
-    return level
+# ------------------------------------------------------------- before decryption
+def _parse(raw: bytes, *, max_bytes: int) -> CiphertextBatch:
+    return CiphertextBatch.from_bytes(raw, max_bytes=max_bytes)
 
 
-def _open(entry: KeyEntry, raw: bytes, *, max_bytes: int) -> tuple[CiphertextBatch, Any]:
-    batch = CiphertextBatch.from_bytes(raw, max_bytes=max_bytes)
-    batch.check(entry.context)
-    layout = from_description(batch.layout)
-    if getattr(layout, "slots", None) != entry.context.params.slots:
-        raise ShapeError("layout slot count does not match the parameters")
-    return batch, layout
+def _load(entry: KeyEntry, batch: CiphertextBatch, kind: type[L], *, levels: range,
+          scale: Callable[[int], float], count: int | None = None
+          ) -> tuple[L, list[Ciphertext]]:
+    """Validate one parsed batch completely and load its ciphertexts; nothing is decrypted here.
 
-
-def _decrypt_all(entry: KeyEntry, batch: CiphertextBatch) -> list[np.ndarray]:
+    ``levels`` are the levels the operation takes; ``scale(level)`` the exact
+    scale it expects there (the engine keeps scales exact, so any other value
+    was edited). All ciphertexts of a batch must share one level.
+    """
     ctx = entry.context
-    return [ctx.decrypt(ct) for ct in batch.open(ctx)]
+    batch.check(ctx)
+    layout = from_description(batch.layout)
+    if not isinstance(layout, kind) or layout.slots != ctx.params.slots:
+        raise ShapeError(f"expected a {kind.__name__} layout for these parameters")
+    want = count if count is not None else _count(layout)
+    if len(batch.items) != want:
+        raise ShapeError(f"expected {want} ciphertexts for this layout, got {len(batch.items)}")
+    cts = [ctx.load_ciphertext(item) for item in batch.items]
+    level = cts[0].level
+    if level not in levels or any(ct.level != level for ct in cts):
+        raise LevelMismatch(f"ciphertexts must share one level in {levels.start}..{levels.stop - 1}")
+    expected = scale(level)
+    if any(ct.scale != expected for ct in cts):
+        raise ScaleMismatch("ciphertext scale is not the exact scale this operation takes")
+    return layout, cts
+
+
+def _count(layout: SampleBlocks | Replicated | Diagonals) -> int:
+    if isinstance(layout, Replicated):
+        return 1
+    if isinstance(layout, Diagonals):
+        return layout.n_blocks * layout.period
+    return layout.n_blocks
+
+
+def _nominal(entry: KeyEntry) -> Callable[[int], float]:
+    """Fresh ciphertexts, models and anything only added or multiplied at prime scale."""
+    scale = entry.context.params.scale
+    return lambda level: scale
+
+
+def _product(entry: KeyEntry) -> Callable[[int], float]:
+    """One ct x ct product of nominal-scale factors, rescaled to ``level``."""
+    scale, backend = entry.context.params.scale, entry.context.backend
+    top = entry.context.params.top_level
+    return lambda level: scale * scale / backend.prime(level + 1) if level < top else math.nan
+
+
+def _all_levels(entry: KeyEntry, lowest: int = 0) -> range:
+    return range(lowest, entry.context.params.top_level + 1)
+
+
+def _check_holdout(entry: KeyEntry, features_raw: bytes, labels_raw: bytes, *, max_bytes: int
+                   ) -> tuple[Diagonals, list[Ciphertext], list[Ciphertext]]:
+    """The owner's pinned hold-out set: digests pinned, fresh encodings, enough samples."""
+    features = _parse(features_raw, max_bytes=max_bytes)
+    labels = _parse(labels_raw, max_bytes=max_bytes)
+    if not entry.policy.pins(features.digest(), labels.digest()):
+        raise UnpinnedHoldout("releases are computed only on a hold-out set the owner pinned")
+    top = range(entry.context.params.top_level, entry.context.params.top_level + 1)
+    diag, f = _load(entry, features, Diagonals, levels=top, scale=_nominal(entry))
+    lay, y = _load(entry, labels, SampleBlocks, levels=_all_levels(entry), scale=_nominal(entry))
+    if lay != diag.samples:
+        raise ShapeError("hold-out labels must be sample blocks of the features' samples")
+    if diag.n_samples < entry.policy.min_samples:
+        raise TooFewSamples("the pinned hold-out set has fewer samples than the policy's minimum")
+    return diag, f, y
+
+
+def _check_model(entry: KeyEntry, parts: Mapping[str, Any], diag: Diagonals, *, max_bytes: int
+                 ) -> tuple[Ciphertext, Ciphertext | None]:
+    """A logistic model ``{"coef": batch, "intercept": batch?}`` matching the hold-out's width."""
+    if not isinstance(parts, Mapping) or not set(parts) <= {"coef", "intercept"} or \
+            not isinstance(parts.get("coef"), bytes) or \
+            not isinstance(parts.get("intercept", b""), bytes | None):
+        raise BadRequest("a model is a map of 'coef' and optional 'intercept' batches")
+    levels, nominal = _all_levels(entry), _nominal(entry)
+    lay, (coef,) = _load(entry, _parse(parts["coef"], max_bytes=max_bytes), Replicated,
+                         levels=levels, scale=nominal)
+    if lay != diag.model:
+        raise ShapeError("the model's width does not match the hold-out set")
+    intercept = None
+    if parts.get("intercept") is not None:
+        blay, (intercept,) = _load(entry, _parse(parts["intercept"], max_bytes=max_bytes),
+                                   Replicated, levels=levels, scale=nominal)
+        if blay != Replicated(1, 1, diag.slots):
+            raise ShapeError("the intercept must be a replicated scalar")
+    return coef, intercept
+
+
+# -------------------------------------------------------------- after decryption
+@contextlib.contextmanager
+def _after_decryption(entry: KeyEntry) -> Iterator[None]:
+    """Anything failing past the first decryption is the enclave's fault, never a reply to probe."""
+    try:
+        yield
+    except Exception:
+        with contextlib.suppress(Exception):
+            entry.suspend()
+        raise EnclaveFault("enclave fault: the key is suspended until its owner re-provisions it"
+                           ) from None
+
+
+def _reveal(entry: KeyEntry, cts: Sequence[Ciphertext], low: float, high: float) -> np.ndarray:
+    """Decrypt, then map into ``[low, high]`` by construction: NaN to 0, infinities to the ends."""
+    ctx = entry.context
+    values = np.stack([ctx.decrypt(ct) for ct in cts])
+    return np.asarray(np.clip(np.nan_to_num(values, nan=0.0, posinf=high, neginf=low), low, high))
 
 
 def _seal(entry: KeyEntry, arrays: Sequence[np.ndarray], layout: dict[str, Any], *,
@@ -53,31 +181,36 @@ def _seal(entry: KeyEntry, arrays: Sequence[np.ndarray], layout: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- refresh
-def refresh(entry: KeyEntry, batches: Sequence[bytes], *, level: int | None,
-            max_bytes: int) -> list[bytes]:
-    """Decrypt and re-encrypt at ``level`` (default: top), cleaning the layout's padding.
+def refresh(entry: KeyEntry, batches: Sequence[bytes], *, max_bytes: int) -> list[bytes]:
+    """Decrypt and re-encrypt at the top level and nominal scale, cleaning the layout's padding.
 
-    Replicated vectors come back with every replica set to the replicas' mean,
-    so refreshing also averages away the noise the replicas picked up.
+    Takes model vectors (replicated) or sample blocks at any level, at the
+    nominal scale. Values are clipped to ``±VALUE_BOUND``; replicated vectors
+    come back with every replica set to the replicas' mean, so refreshing
+    also averages away the noise the replicas picked up. The output level
+    and scale are the operation's, never the host's.
     """
+    entry.check_open()
     if not 1 <= len(batches) <= MAX_BATCHES:
-        raise EnclaveError(f"refresh takes 1 to {MAX_BATCHES} batches")
-    target = _check_level(entry, entry.context.params.top_level if level is None else level)
-    opened = [_open(entry, raw, max_bytes=max_bytes) for raw in batches]
-    for batch, layout in opened:
-        expected = 1 if isinstance(layout, Replicated) else getattr(layout, "n_blocks", -1)
-        if not isinstance(layout, Replicated | SampleBlocks) or len(batch.items) != expected:
-            raise ShapeError("refresh takes model vectors or sample blocks, with matching counts")
-    out = []
-    scale = entry.context.params.scale
-    for batch, layout in opened:
-        values = _decrypt_all(entry, batch)
-        if isinstance(layout, Replicated):
-            arrays = [layout.pack(layout.unpack(values[0]))]
+        raise BadRequest(f"refresh takes 1 to {MAX_BATCHES} batches")
+    opened: list[tuple[CiphertextBatch, Replicated | SampleBlocks, list[Ciphertext]]] = []
+    for raw in batches:
+        batch = _parse(raw, max_bytes=max_bytes)
+        levels, nominal = _all_levels(entry), _nominal(entry)
+        if batch.layout.get("kind") == "replicated":
+            opened.append((batch, *_load(entry, batch, Replicated, levels=levels, scale=nominal)))
         else:
-            assert isinstance(layout, SampleBlocks)
-            arrays = layout.pack(layout.unpack(values))
-        out.append(_seal(entry, arrays, batch.layout, level=target, scale=scale))
+            opened.append((batch, *_load(entry, batch, SampleBlocks, levels=levels, scale=nominal)))
+    params = entry.context.params
+    out = []
+    with _after_decryption(entry):
+        for batch, layout, cts in opened:
+            values = _reveal(entry, cts, -VALUE_BOUND, VALUE_BOUND)
+            if isinstance(layout, Replicated):
+                arrays = [layout.pack(layout.unpack(values[0]))]
+            else:
+                arrays = layout.pack(layout.unpack(list(values)))
+            out.append(_seal(entry, arrays, batch.layout, level=params.top_level, scale=params.scale))
     return out
 
 
@@ -96,27 +229,31 @@ def logistic_error(
     intercept: bool,
     max_bytes: int,
 ) -> tuple[bytes, bytes | None]:
-    """``e = (sigmoid(clip(z)) - y) * learning_rate / batch`` on samples ``[start, stop)``.
+    """``e = (sigmoid(clip(z)) - clip(y, 0, 1)) * learning_rate / batch`` on samples ``[start, stop)``.
 
-    ``e`` comes back pre-rotated per giant step of the feature layout, so the
-    host's ``X.T @ e`` needs only baby-step rotations; it is encoded at the
-    scale of the prime the host's rescale drops, so the gradient lands
-    exactly on the nominal scale. With ``intercept`` the sum of ``e`` comes
-    back too, replicated, one level lower (where the gradient lands).
+    ``z`` must be one rescaled ct x ct product (scale ``S^2 / q``), ``y``
+    labels at the nominal scale. ``e`` comes back at ``level`` (the features'
+    level), pre-rotated per giant step of the feature layout, so the host's
+    ``X.T @ e`` needs only baby-step rotations; it is encoded at the scale of
+    the prime the host's rescale drops, so the gradient lands exactly on the
+    nominal scale. With ``intercept`` the sum of ``e`` comes back too,
+    replicated, one level lower. The host picks ``level`` only within
+    ``[1, top]`` (``[2, top]`` with an intercept), and ``|e| <= lr <= 1000``:
+    at any such level no value can overflow either encoding.
     """
+    entry.check_open()
     policy = entry.policy
     diag = from_description(features)
     if not isinstance(diag, Diagonals) or diag.slots != entry.context.params.slots:
         raise ShapeError("features must describe a diagonal layout for these parameters")
-    if not (math.isfinite(learning_rate) and 0 < learning_rate <= policy.max_learning_rate):
-        raise EnclaveError("learning rate outside the policy's bounds")
-    _check_level(entry, level, lowest=2 if intercept else 1)
-    z_batch, z_layout = _open(entry, z_raw, max_bytes=max_bytes)
-    y_batch, y_layout = _open(entry, y_raw, max_bytes=max_bytes)
+    if not (isinstance(learning_rate, float) and math.isfinite(learning_rate)
+            and 0 < learning_rate <= policy.max_learning_rate):
+        raise BadRequest("learning rate outside the policy's bounds")
+    if level not in _all_levels(entry, 2 if intercept else 1):
+        raise BadRequest("output level outside the range this operation encodes safely")
     S = diag.slots
+    z_batch, y_batch = _parse(z_raw, max_bytes=max_bytes), _parse(y_raw, max_bytes=max_bytes)
     count = len(z_batch.items)
-    if z_layout != diag.samples or y_layout != diag.samples:
-        raise ShapeError("logits and labels must be sample blocks of the feature layout")
     if count < 1 or len(y_batch.items) != count:
         raise ShapeError("logits and labels need the same, non-zero number of blocks")
     if not (first_block >= 0 and first_block + count <= diag.n_blocks):
@@ -124,28 +261,62 @@ def logistic_error(
     lo, hi = first_block * S, min((first_block + count) * S, diag.n_samples)
     if not (lo <= start < stop <= hi):
         raise ShapeError("sample range outside the blocks sent")
-
-    z = np.concatenate(_decrypt_all(entry, z_batch))
-    y = np.concatenate(_decrypt_all(entry, y_batch))
+    y_layout, y_cts = _load(entry, y_batch, SampleBlocks, count=count, levels=_all_levels(entry),
+                            scale=_nominal(entry))
+    z_layout, z_cts = _load(entry, z_batch, SampleBlocks, count=count, levels=_all_levels(entry),
+                            scale=_product(entry))
+    if z_layout != diag.samples or y_layout != diag.samples:
+        raise ShapeError("logits and labels must be sample blocks of the feature layout")
+    prime = float(entry.context.backend.prime(level))
     idx = np.arange(lo, lo + count * S)
     mask = ((idx >= start) & (idx < stop)).astype(np.float64)
-    p = 1.0 / (1.0 + np.exp(-np.clip(z, -policy.clip, policy.clip)))
-    e = (p - np.clip(y, 0.0, 1.0)) * mask * (learning_rate / (stop - start))
+    step = learning_rate / (stop - start)
 
-    prime = float(entry.context.backend.prime(level))
-    blocks = e.reshape(count, S)
-    arrays = [np.roll(blk, diag.baby * b2) for blk in blocks for b2 in range(diag.giant)]
-    layout = {"kind": "errors", "features": dict(features), "first_block": first_block}
-    e_out = _seal(entry, arrays, layout, level=level, scale=prime)
-    sum_out = None
-    if intercept:
-        rep = Replicated(1, 1, S)
-        sum_out = _seal(entry, [rep.pack(float(e.sum()))], rep.describe(), level=level - 1,
-                        scale=entry.context.params.scale)
+    with _after_decryption(entry):
+        z = _reveal(entry, z_cts, -policy.clip, policy.clip).ravel()
+        y = _reveal(entry, y_cts, 0.0, 1.0).ravel()
+        e = (1.0 / (1.0 + np.exp(-z)) - y) * mask * step
+        blocks = e.reshape(count, S)
+        arrays = [np.roll(blk, diag.baby * b2) for blk in blocks for b2 in range(diag.giant)]
+        layout = {"kind": "errors", "features": dict(features), "first_block": first_block}
+        e_out = _seal(entry, arrays, layout, level=level, scale=prime)
+        sum_out = None
+        if intercept:
+            rep = Replicated(1, 1, S)
+            sum_out = _seal(entry, [rep.pack(float(e.sum()))], rep.describe(), level=level - 1,
+                            scale=entry.context.params.scale)
     return e_out, sum_out
 
 
 # ---------------------------------------------------------------- coarse aggregates
+def _holdout_scores(entry: KeyEntry, diag: Diagonals, features: Sequence[Ciphertext],
+                    coef: Ciphertext, intercept: Ciphertext | None) -> np.ndarray:
+    """``X @ w + b`` on the hold-out set, the features never decrypted.
+
+    The model is decrypted (clipped to ``±VALUE_BOUND``) and multiplied into
+    the encrypted diagonals as plaintext, so only the per-giant-step partial
+    logits are decrypted; rotating plaintext is free, so no Galois key is needed.
+    """
+    backend = entry.context.backend
+    w_rep = diag.model.pack(diag.model.unpack(_reveal(entry, [coef], -VALUE_BOUND, VALUE_BOUND)[0]))
+    b = 0.0
+    if intercept is not None:
+        b = float(_reveal(entry, [intercept], -VALUE_BOUND, VALUE_BOUND)[0].mean())
+    level = features[0].level
+    plains = [backend.encode(np.roll(w_rep, -b1), level=level, scale=_SCORE_SCALE)
+              for b1 in range(diag.baby)]
+    S, z = diag.slots, np.zeros(diag.n_blocks * diag.slots)
+    for c in range(diag.n_blocks):
+        for b2 in range(diag.giant):
+            acc = None
+            for b1 in range(diag.baby):
+                term = backend.multiply_plain(features[diag.index(c, b1, b2)].handle, plains[b1])
+                acc = term if acc is None else backend.add(acc, term)
+            part = np.clip(np.nan_to_num(backend.decrypt(acc)), -VALUE_BOUND ** 2, VALUE_BOUND ** 2)
+            z[c * S:(c + 1) * S] += np.roll(part, -diag.baby * b2)
+    return z[: diag.n_samples] + b
+
+
 def _metrics(z: np.ndarray, y: np.ndarray, clip: float) -> dict[str, float]:
     zc = np.clip(z, -clip, clip)
     yb = (y > 0.5).astype(np.float64)
@@ -155,45 +326,56 @@ def _metrics(z: np.ndarray, y: np.ndarray, clip: float) -> dict[str, float]:
     }
 
 
-def _samples(entry: KeyEntry, *raws: bytes, max_bytes: int) -> tuple[SampleBlocks, list[np.ndarray]]:
-    """Decrypt several sample-block batches of one layout (logits, labels) after checking them."""
-    opened = [_open(entry, raw, max_bytes=max_bytes) for raw in raws]
-    layout = opened[0][1]
-    if not isinstance(layout, SampleBlocks) or any(lay != layout for _, lay in opened):
-        raise ShapeError("logits and labels must be sample blocks of the same layout")
-    if any(len(batch.items) != layout.n_blocks for batch, _ in opened):
-        raise ShapeError("logits and labels must cover every block of their layout")
-    if layout.n_samples < entry.policy.min_samples:
-        raise PolicyViolation("too few samples for an aggregate under this policy")
-    return layout, [layout.unpack(_decrypt_all(entry, batch)) for batch, _ in opened]
-
-
-def evaluate(entry: KeyEntry, z_raw: bytes, y_raw: bytes, *, metrics: Sequence[str],
-             max_bytes: int) -> dict[str, float]:
-    """Accuracy and/or log-loss of logits ``z`` against labels ``y``, rounded to 1e-3."""
+def _wanted(entry: KeyEntry, metrics: Sequence[str]) -> list[str]:
     wanted = list(metrics)
-    if not wanted or not set(wanted) <= set(entry.policy.release):
+    if not wanted or len(set(wanted)) != len(wanted) or not set(wanted) <= set(METRICS):
+        raise BadRequest(f"metrics must be distinct names out of {METRICS}")
+    if not set(wanted) <= set(entry.policy.release):
         raise PolicyViolation("the owner's policy does not release these metrics")
-    _, (z, y) = _samples(entry, z_raw, y_raw, max_bytes=max_bytes)
-    entry.budget.spend()
-    values = _metrics(z, y, entry.policy.clip)
-    return {m: coarse(values[m]) for m in wanted}
+    return wanted
 
 
-def compare(entry: KeyEntry, candidate_raw: bytes, current_raw: bytes, y_raw: bytes, *,
-            metric: str, max_bytes: int) -> dict[str, Any]:
-    """Promote or keep: only the decision (and the metric, if released) leaves."""
+def evaluate(entry: KeyEntry, model: Mapping[str, Any], features_raw: bytes, labels_raw: bytes,
+             *, metrics: Sequence[str], max_bytes: int) -> dict[str, float]:
+    """Accuracy and/or log-loss of ``model`` on a pinned hold-out set, rounded to 1e-3.
+
+    Each metric released is charged to the budget before it leaves.
+    """
+    entry.check_open()
+    wanted = _wanted(entry, metrics)
+    diag, f, y_cts = _check_holdout(entry, features_raw, labels_raw, max_bytes=max_bytes)
+    coef, intercept = _check_model(entry, model, diag, max_bytes=max_bytes)
+    entry.spend(len(wanted))
+    with _after_decryption(entry):
+        z = _holdout_scores(entry, diag, f, coef, intercept)
+        y = _reveal(entry, y_cts, 0.0, 1.0).ravel()[: diag.n_samples]
+        values = _metrics(z, y, entry.policy.clip)
+        return {m: coarse(values[m]) for m in wanted}
+
+
+def compare(entry: KeyEntry, candidate: Mapping[str, Any], current: Mapping[str, Any],
+            features_raw: bytes, labels_raw: bytes, *, metric: str, with_metrics: bool,
+            max_bytes: int) -> dict[str, Any]:
+    """Promote or keep, on a pinned hold-out set: only the decision (and metrics, if asked
+    and released) leaves. The decision is one released number, each metric value another."""
+    entry.check_open()
     if not entry.policy.allow_decision:
         raise PolicyViolation("the owner's policy does not release promote/keep decisions")
-    if metric not in ("accuracy", "log_loss"):
-        raise EnclaveError("unknown metric")
-    _, (cand, cur, y) = _samples(entry, candidate_raw, current_raw, y_raw, max_bytes=max_bytes)
-    entry.budget.spend()
+    if metric not in METRICS:
+        raise BadRequest(f"metric must be one of {METRICS}")
+    released = with_metrics and metric in entry.policy.release
+    diag, f, y_cts = _check_holdout(entry, features_raw, labels_raw, max_bytes=max_bytes)
+    cand = _check_model(entry, candidate, diag, max_bytes=max_bytes)
+    cur = _check_model(entry, current, diag, max_bytes=max_bytes)
+    entry.spend(3 if released else 1)
     clip = entry.policy.clip
-    a, b = _metrics(cand, y, clip)[metric], _metrics(cur, y, clip)[metric]
-    promote = a >= b if metric == "accuracy" else a <= b
-    out: dict[str, Any] = {"promote": bool(promote)}
-    if metric in entry.policy.release:
-        out["candidate"] = coarse(a)
-        out["current"] = coarse(b)
-    return out
+    with _after_decryption(entry):
+        y = _reveal(entry, y_cts, 0.0, 1.0).ravel()[: diag.n_samples]
+        a = _metrics(_holdout_scores(entry, diag, f, *cand), y, clip)[metric]
+        b = _metrics(_holdout_scores(entry, diag, f, *cur), y, clip)[metric]
+        promote = a >= b if metric == "accuracy" else a <= b
+        out: dict[str, Any] = {"promote": bool(promote)}
+        if released:
+            out["candidate"] = coarse(a)
+            out["current"] = coarse(b)
+        return out

@@ -68,7 +68,7 @@ NONCE_BYTES = 32
 SESSION_ID_BYTES = 16
 
 _ENVELOPE_FORMAT = "cipherloop-prov/v1"
-_SEALED_FORMAT = "cipherloop-sealed-key/v1"
+_SEALED_FORMAT = "cipherloop-sealed-key/v2"
 _SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
 
 
@@ -203,24 +203,27 @@ class ProvisionedKey:
         ``CkksParams.digest()`` of the key's parameters; matches the key bytes.
     policy : dict
         The owner's release policy, as sent.
+    state : dict or None
+        In sealed files only: the enclave's durable state for this key (policy
+        in force, release history, suspension), written before every release.
     """
 
     secret_key_bytes: bytes = field(repr=False)
     key_id: str
     params_digest: str
     policy: dict[str, Any]
+    state: dict[str, Any] | None = None
 
     def _to_cbor(self) -> bytes:
-        return bytes(
-            cbor2.dumps(
-                {
-                    "secret_key": self.secret_key_bytes,
-                    "key_id": self.key_id,
-                    "params_digest": self.params_digest,
-                    "policy": self.policy,
-                }
-            )
-        )
+        doc: dict[str, Any] = {
+            "secret_key": self.secret_key_bytes,
+            "key_id": self.key_id,
+            "params_digest": self.params_digest,
+            "policy": self.policy,
+        }
+        if self.state is not None:
+            doc["state"] = self.state
+        return bytes(cbor2.dumps(doc))
 
 
 def begin(platform: Platform, nonce: bytes, session_id: bytes) -> tuple[Offer, ProvisionState]:
@@ -278,9 +281,10 @@ def _parse_key_doc(plaintext: bytes) -> ProvisionedKey | None:
     ctx = SecretContext.load_secret(secret)
     same_id = hmac.compare_digest(ctx.key_id.encode(), key_id.encode())
     same_params = hmac.compare_digest(ctx.params.digest().encode(), digest.encode())
-    if not (same_id & same_params):
+    state = body.get("state")
+    if not (same_id & same_params) or not (state is None or isinstance(state, dict)):
         return None
-    return ProvisionedKey(secret, key_id, digest, dict(policy))
+    return ProvisionedKey(secret, key_id, digest, dict(policy), state)
 
 
 def _open_envelope(state: ProvisionState, envelope: bytes) -> ProvisionedKey | None:

@@ -10,21 +10,30 @@ reported as a generic internal error, logged by type name only.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import socket
 import socketserver
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CipherloopError, EnclaveError, ProtocolError, ProvisioningFailed
+from ..ckks import SecretContext
+from ..errors import (
+    BadRequest,
+    CipherloopError,
+    ProtocolError,
+    ProvisioningFailed,
+    StateDirLocked,
+)
 from . import api, provision
 from .framing import DEFAULT_MAX_FRAME, PROTOCOL, PeerClosed, recv_frame, send_frame
-from .keystore import KeyStore
+from .keystore import KeyState, KeyStore
 from .platform import Platform, load_platform
 from .policy import Policy
 
@@ -57,7 +66,7 @@ class EnclaveConfig:
 def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = args.get(name)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise EnclaveError(f"request field {name!r} is missing or has the wrong type")
+        raise BadRequest(f"request field {name!r} is missing or has the wrong type")
     return value
 
 
@@ -65,24 +74,42 @@ def _opt(args: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     return default if args.get(name) is None else _arg(args, name, kind)
 
 
-class Enclave:
-    """Operation dispatch over a :class:`KeyStore`; transport-free, so tests can call it."""
+def _bytes_list(args: dict[str, Any], name: str) -> list[bytes]:
+    value = _arg(args, name, list)
+    if not all(isinstance(b, bytes) for b in value):
+        raise BadRequest(f"request field {name!r} must hold byte strings")
+    return list(value)
 
-    MAX_PENDING = 16
+
+class Enclave:
+    """Operation dispatch over a :class:`KeyStore`; transport-free, so tests can call it.
+
+    Holds an exclusive lock on ``state_dir`` for its lifetime: two enclaves on
+    one state directory would fork the release budget. :meth:`close` releases it.
+    """
+
+    MAX_PENDING = 256
+    PENDING_TTL_S = 600.0
 
     def __init__(self, config: EnclaveConfig, keys: KeyStore | None = None,
                  platform: Platform | None = None) -> None:
         self.config = config
-        self.keys = keys if keys is not None else KeyStore()
-        settings = {"state_dir": config.state_dir / "platform"} if config.platform == "sim" else {}
-        self.platform = platform if platform is not None else load_platform(config.platform, **settings)
-        self.measurement = self.platform.measurement().hex()
-        # The simulated platform makes its root and host secret on first use; make them
-        # at start, so an owner can pin the root before sending the first challenge.
-        prepare = getattr(self.platform, "root_certificate_pem", None)
-        if callable(prepare):
-            prepare()
-        self._pending: OrderedDict[bytes, provision.ProvisionState] = OrderedDict()
+        self._lock_fd = _lock_state_dir(config.state_dir)
+        try:
+            settings = {"state_dir": config.state_dir / "platform"} if config.platform == "sim" else {}
+            self.platform = (platform if platform is not None
+                             else load_platform(config.platform, **settings))
+            self.measurement = self.platform.measurement().hex()
+            # The simulated platform makes its root and host secret on first use; make them
+            # at start, so an owner can pin the root before sending the first challenge.
+            prepare = getattr(self.platform, "root_certificate_pem", None)
+            if callable(prepare):
+                prepare()
+        except BaseException:
+            self.close()
+            raise
+        self.keys = keys if keys is not None else KeyStore(persist=self._persist)
+        self._pending: OrderedDict[bytes, tuple[float, provision.ProvisionState]] = OrderedDict()
         self._pending_lock = threading.Lock()
         self._ops: dict[str, Handler] = {
             "hello": self._hello,
@@ -95,15 +122,30 @@ class Enclave:
             "compare": self._compare,
         }
 
+    def close(self) -> None:
+        """Release the state-directory lock."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _persist(self, context: SecretContext, secret: bytes, state: KeyState) -> None:
+        """Seal a key with its state and replace its file durably (before any release)."""
+        key = provision.ProvisionedKey(secret, context.key_id, context.params.digest(),
+                                       state.policy.to_dict(), state.to_dict())
+        provision.store_sealed(self.platform, self.config.sealed_dir / f"{context.key_id}.sealed",
+                               key)
+
     def restore_sealed(self) -> int:
-        """Unseal every key sealed by this enclave code; a restart needs no owner."""
+        """Unseal every key sealed by this enclave code, with its state; no owner needed."""
         restored = 0
         for path in sorted(self.config.sealed_dir.glob("*.sealed")):
             try:
                 key = provision.load_sealed(self.platform, path)
-                self.keys.install(key.secret_key_bytes, Policy.from_dict(dict(key.policy)))
+                state = (KeyState.from_dict(key.state) if key.state is not None
+                         else KeyState(Policy.from_dict(dict(key.policy))))
+                self.keys.install(key.secret_key_bytes, state.policy, state=state, restoring=True)
                 restored += 1
-            except (CipherloopError, ValueError, TypeError):
+            except (CipherloopError, ValueError, TypeError, KeyError):
                 log.warning("sealed key %s does not unseal under this enclave's measurement",
                             path.name)
         return restored
@@ -113,10 +155,10 @@ class Enclave:
         handler = self._ops.get(op) if isinstance(op, str) else None
         try:
             if handler is None:
-                raise EnclaveError("unknown operation")
+                raise BadRequest("unknown operation")
             args = msg.get("args", {})
             if not isinstance(args, dict):
-                raise EnclaveError("request args must be a map")
+                raise BadRequest("request args must be a map")
             return {"ok": True, "result": handler(args)}
         except CipherloopError as exc:
             return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
@@ -135,45 +177,43 @@ class Enclave:
         try:
             offer, state = provision.begin(self.platform, nonce, session)
         except ValueError:
-            raise EnclaveError("nonce must be 32 bytes and session_id 16 bytes") from None
+            raise BadRequest("nonce must be 32 bytes and session_id 16 bytes") from None
+        now = time.monotonic()
         with self._pending_lock:
-            self._pending[session] = state
+            self._pending[session] = (now, state)
+            self._pending.move_to_end(session)
+            for sid in [s for s, (t, _) in self._pending.items() if now - t > self.PENDING_TTL_S]:
+                del self._pending[sid]
             while len(self._pending) > self.MAX_PENDING:
                 self._pending.popitem(last=False)
         return offer.to_dict()
 
     def _provision(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Step 5: open the owner's envelope, install the key, seal it to storage."""
+        """Step 5: open the owner's envelope, install the key and policy, seal them to storage."""
         session, envelope = _arg(args, "session_id", bytes), _arg(args, "envelope", bytes)
         with self._pending_lock:
-            state = self._pending.pop(session, None)
-        if state is None:
+            pending = self._pending.pop(session, None)
+        if pending is None:
             raise ProvisioningFailed("provisioning failed")
-        key = provision.accept(state, envelope)
+        key = provision.accept(pending[1], envelope)
         try:
             policy = Policy.from_dict(dict(key.policy))
         except (TypeError, ValueError):
             raise ProvisioningFailed("provisioning failed") from None
-        key_id = self.keys.install(key.secret_key_bytes, policy)
-        provision.store_sealed(self.platform, self.config.sealed_dir / f"{key_id}.sealed", key)
-        return {"key_id": key_id}
+        return {"key_id": self.keys.install(key.secret_key_bytes, policy)}
 
     def _provision_local(self, args: dict[str, Any]) -> dict[str, Any]:
         if not self.config.allow_local_provisioning:
-            raise EnclaveError("local provisioning is disabled; use attested provisioning")
+            raise BadRequest("local provisioning is disabled; use attested provisioning")
         try:
             policy = Policy.from_dict(_opt(args, "policy", dict, {}))
         except (TypeError, ValueError):
-            raise EnclaveError("malformed policy") from None
+            raise BadRequest("malformed policy") from None
         return {"key_id": self.keys.install(_arg(args, "secret", bytes), policy)}
 
     def _refresh(self, args: dict[str, Any]) -> dict[str, Any]:
         entry = self.keys.get(args.get("key_id"))
-        batches = _arg(args, "batches", list)
-        if not all(isinstance(b, bytes) for b in batches):
-            raise EnclaveError("request field 'batches' must hold byte strings")
-        out = api.refresh(entry, batches, level=_opt(args, "level", int, None),
-                          max_bytes=self.config.max_frame)
+        out = api.refresh(entry, _bytes_list(args, "batches"), max_bytes=self.config.max_frame)
         return {"batches": out}
 
     def _logistic_error(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -196,14 +236,32 @@ class Enclave:
     def _evaluate(self, args: dict[str, Any]) -> dict[str, Any]:
         entry = self.keys.get(args.get("key_id"))
         metrics = _arg(args, "metrics", list)
-        return api.evaluate(entry, _arg(args, "z", bytes), _arg(args, "y", bytes),
-                            metrics=[str(m) for m in metrics], max_bytes=self.config.max_frame)
+        if not all(isinstance(m, str) for m in metrics):
+            raise BadRequest("request field 'metrics' must hold names")
+        return api.evaluate(entry, _arg(args, "model", dict), _arg(args, "features", bytes),
+                            _arg(args, "labels", bytes), metrics=metrics,
+                            max_bytes=self.config.max_frame)
 
     def _compare(self, args: dict[str, Any]) -> dict[str, Any]:
         entry = self.keys.get(args.get("key_id"))
-        return api.compare(entry, _arg(args, "candidate", bytes), _arg(args, "current", bytes),
-                           _arg(args, "y", bytes), metric=str(_opt(args, "metric", str, "log_loss")),
+        return api.compare(entry, _arg(args, "candidate", dict), _arg(args, "current", dict),
+                           _arg(args, "features", bytes), _arg(args, "labels", bytes),
+                           metric=_opt(args, "metric", str, "log_loss"),
+                           with_metrics=_opt(args, "with_metrics", bool, False),
                            max_bytes=self.config.max_frame)
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    """An exclusive, non-blocking lock on ``state_dir/enclave.lock``; the fd holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    fd = os.open(state_dir / "enclave.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StateDirLocked("another enclave process serves this state directory") from None
+    return fd
 
 
 class _RequestHandler(socketserver.BaseRequestHandler):
@@ -246,15 +304,18 @@ def serve(config: EnclaveConfig, enclave: Enclave | None = None,
           ready: threading.Event | None = None) -> None:
     """Listen on ``config.socket_path`` (owner-only permissions) until interrupted."""
     path = config.socket_path
+    enclave = enclave if enclave is not None else Enclave(config)  # takes the state-dir lock first
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         path.unlink()
-    old = os.umask(0o177)
+    old = os.umask(0o177)  # only the socket itself is made under the owner-only umask
     try:
-        server = _Server(str(path), enclave if enclave is not None else Enclave(config))
+        server = _Server(str(path), enclave)
+    except BaseException:
+        enclave.close()
+        raise
     finally:
         os.umask(old)
-    enclave = server.enclave
     restored = enclave.restore_sealed()
     log.info("enclave (%s platform, measurement %s...) listening on %s with %d sealed key(s)",
              enclave.platform.name, enclave.measurement[:16], path, restored)
@@ -265,3 +326,4 @@ def serve(config: EnclaveConfig, enclave: Enclave | None = None,
     finally:
         server.server_close()
         path.unlink(missing_ok=True)
+        enclave.close()

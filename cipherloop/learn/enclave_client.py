@@ -20,26 +20,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .. import errors
 from ..enclave.framing import DEFAULT_MAX_FRAME, recv_frame, send_frame
-from ..errors import (
-    EnclaveError,
-    EnclaveUnavailable,
-    InvalidCiphertext,
-    ParameterMismatch,
-    PolicyViolation,
-    ProtocolError,
-    ShapeError,
-)
+from ..errors import CipherloopError, EnclaveError, EnclaveUnavailable, ProtocolError
 
+#: Every error class the enclave may name in a refusal, by name; anything else is EnclaveError.
 _REMOTE_ERRORS: dict[str, type[Exception]] = {
-    "EnclaveError": EnclaveError,
-    "PolicyViolation": PolicyViolation,
-    "InvalidCiphertext": InvalidCiphertext,
-    "ParameterMismatch": ParameterMismatch,
-    "ShapeError": ShapeError,
-    "ProtocolError": ProtocolError,
-    "KeyMaterialError": EnclaveError,
+    name: cls for name, cls in vars(errors).items()
+    if isinstance(cls, type) and issubclass(cls, CipherloopError)
 }
+_REMOTE_ERRORS["KeyMaterialError"] = EnclaveError
 
 
 class EnclaveClient:
@@ -117,8 +107,9 @@ class EnclaveClient:
         """Unattested development hand-over; the enclave refuses it unless started to allow it."""
         return str(self.call("provision_local", secret=secret, policy=policy or {})["key_id"])
 
-    def refresh(self, key_id: str, batches: Sequence[bytes], *, level: int | None = None) -> list[bytes]:
-        out = self.call("refresh", key_id=key_id, batches=list(batches), level=level)["batches"]
+    def refresh(self, key_id: str, batches: Sequence[bytes]) -> list[bytes]:
+        """Fresh copies at the top level and nominal scale (the enclave fixes the encoding)."""
+        out = self.call("refresh", key_id=key_id, batches=list(batches))["batches"]
         return [bytes(b) for b in out]
 
     def logistic_error(self, key_id: str, *, z: bytes, y: bytes, features: dict[str, Any],
@@ -129,15 +120,20 @@ class EnclaveClient:
                       learning_rate=learning_rate, level=level, intercept=intercept)
         return bytes(r["e"]), (bytes(r["e_sum"]) if r.get("e_sum") is not None else None)
 
-    def evaluate(self, key_id: str, *, z: bytes, y: bytes,
+    def evaluate(self, key_id: str, *, model: dict[str, bytes], features: bytes, labels: bytes,
                  metrics: Sequence[str] = ("accuracy", "log_loss")) -> dict[str, float]:
-        r = self.call("evaluate", key_id=key_id, z=z, y=y, metrics=list(metrics))
+        """Metrics of ``model`` on a hold-out set the owner pinned (batches as uploaded)."""
+        r = self.call("evaluate", key_id=key_id, model=model, features=features, labels=labels,
+                      metrics=list(metrics))
         return {str(k): float(v) for k, v in r.items()}
 
-    def compare(self, key_id: str, *, candidate: bytes, current: bytes, y: bytes,
-                metric: str = "log_loss") -> dict[str, Any]:
-        return self.call("compare", key_id=key_id, candidate=candidate, current=current, y=y,
-                         metric=metric)
+    def compare(self, key_id: str, *, candidate: dict[str, bytes], current: dict[str, bytes],
+                features: bytes, labels: bytes, metric: str = "log_loss",
+                with_metrics: bool = False) -> dict[str, Any]:
+        """Promote or keep ``candidate`` over ``current`` on a pinned hold-out set."""
+        return self.call("compare", key_id=key_id, candidate=candidate, current=current,
+                         features=features, labels=labels, metric=metric,
+                         with_metrics=with_metrics)
 
 
 class EnclaveProcess:

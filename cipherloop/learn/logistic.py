@@ -225,31 +225,35 @@ def scores(model: EncryptedModel, data: EncryptedDataset, *, context: _ContextBa
     return session.engine.logits(data, model.coef, model.intercept, blocks)
 
 
-def evaluate(model: EncryptedModel, data: EncryptedDataset, *, context: _ContextBase,
-             enclave: EnclaveClient, metrics: Sequence[str] = ("accuracy", "log_loss"),
-             ) -> dict[str, float]:
-    """Coarse hold-out metrics released by the enclave under the owner's policy."""
-    z = scores(model, data, context=context, enclave=enclave)
-    layout = data.layout.samples.describe()
-    return enclave.evaluate(
-        context.key_id,
-        z=CiphertextBatch.of(context, z, layout).to_bytes(),
-        y=CiphertextBatch.of(context, data.labels, layout).to_bytes(),
-        metrics=metrics,
-    )
+def model_parts(model: EncryptedModel, context: _ContextBase) -> dict[str, bytes]:
+    """The weights the enclave scores (coefficients and intercept), as batches."""
+    parts = {"coef": CiphertextBatch.of(context, [model.coef], model.layout.describe()).to_bytes()}
+    if model.intercept is not None:
+        parts["intercept"] = CiphertextBatch.of(
+            context, [model.intercept], model.layout_of("intercept").describe()).to_bytes()
+    return parts
 
 
-def compare(candidate: EncryptedModel, current: EncryptedModel, holdout: EncryptedDataset, *,
-            context: _ContextBase, enclave: EnclaveClient, metric: str = "log_loss",
+def evaluate(model: EncryptedModel, holdout: tuple[CiphertextBatch, CiphertextBatch], *,
+             context: _ContextBase, enclave: EnclaveClient,
+             metrics: Sequence[str] = ("accuracy", "log_loss")) -> dict[str, float]:
+    """Coarse metrics of ``model`` on the owner's pinned hold-out set, scored in the enclave.
+
+    ``holdout`` is the (features, labels) batch pair as the owner encrypted
+    and pinned it; the enclave refuses any other.
+    """
+    features, labels = holdout
+    return enclave.evaluate(context.key_id, model=model_parts(model, context),
+                            features=features.to_bytes(), labels=labels.to_bytes(),
+                            metrics=metrics)
+
+
+def compare(candidate: EncryptedModel, current: EncryptedModel,
+            holdout: tuple[CiphertextBatch, CiphertextBatch], *, context: _ContextBase,
+            enclave: EnclaveClient, metric: str = "log_loss", with_metrics: bool = False,
             ) -> dict[str, Any]:
-    """Promote or keep, decided in the enclave on the encrypted hold-out set."""
-    layout = holdout.layout.samples.describe()
-    zc = scores(candidate, holdout, context=context, enclave=enclave)
-    zo = scores(current, holdout, context=context, enclave=enclave)
-    return enclave.compare(
-        context.key_id,
-        candidate=CiphertextBatch.of(context, zc, layout).to_bytes(),
-        current=CiphertextBatch.of(context, zo, layout).to_bytes(),
-        y=CiphertextBatch.of(context, holdout.labels, layout).to_bytes(),
-        metric=metric,
-    )
+    """Promote or keep, decided in the enclave on the owner's pinned hold-out set."""
+    features, labels = holdout
+    return enclave.compare(context.key_id, candidate=model_parts(candidate, context),
+                           current=model_parts(current, context), features=features.to_bytes(),
+                           labels=labels.to_bytes(), metric=metric, with_metrics=with_metrics)

@@ -25,8 +25,8 @@ import pytest
 from cloudkit import RelayLink, b64
 
 from cipherloop.ckks import CiphertextBatch, Diagonals, SecretContext, preset, rotations_for_features
-from cipherloop.client.data import decrypt_model, encrypt_dataset, encrypt_model
-from cipherloop.client.provisioning import provision, simulated_policy
+from cipherloop.client.data import decrypt_model, encrypt_batches, encrypt_dataset, encrypt_model
+from cipherloop.client.provisioning import holdout_pin, provision, simulated_policy
 from cipherloop.cloud.process import ServiceProcess
 from cipherloop.errors import EnclaveUnavailable
 from cipherloop.learn import EnclaveClient, EnclaveProcess, EncryptedModel
@@ -89,7 +89,8 @@ def _tenant(url: str, owner: SecretContext, *, name: str = "e2e") -> dict[str, A
 
 
 def _set_up_model(t: dict[str, Any], owner: SecretContext, policy: dict[str, Any],
-                  X: np.ndarray, y: np.ndarray) -> None:
+                  X: np.ndarray, y: np.ndarray, hold: tuple[CiphertextBatch, CiphertextBatch]
+                  ) -> None:
     """Owner: model, first version, hold-out set, a contributor and a predict token."""
     c, h = t["client"], t["owner"]
     public = owner.public_context()
@@ -99,7 +100,7 @@ def _set_up_model(t: dict[str, Any], owner: SecretContext, policy: dict[str, Any
                    content=encrypt_model(public, np.zeros(D), 0.0).to_bytes(public))
     assert first.status_code == 201, first.text
     hold = c.post(f"/v1/models/{model['id']}/uploads?kind=holdout", headers=h,
-                  content=_samples(owner, X[300:], y[300:]))
+                  content=encode_samples(*hold))
     assert hold.status_code == 201, hold.text
     contributor = c.post("/v1/tokens", json={"role": "contributor"}, headers=h).json()["token"]
     predictor = c.post("/v1/tokens", json={"role": "predict"}, headers=h).json()["token"]
@@ -124,13 +125,15 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
         assert root.is_file()  # made by the enclave at start, before any owner asks
         t = _tenant(service.url, owner)
         c = t["client"]
+        hold = encrypt_batches(owner, X[300:], y[300:])  # pinned: releases only about these
         verified = provision(RelayLink(c, t["owner"]), owner, simulated_policy(data_dir / "enclave"),
-                             policy={"release": ["accuracy", "log_loss"], "min_samples": 16},
+                             policy={"release": ["accuracy", "log_loss"], "min_samples": 16,
+                                     "holdouts": [holdout_pin(*hold)]},
                              quiet_simulation=True)
         assert verified.simulated
         policy = {"trigger_min_samples": 200, "epochs": 8, "batch_size": 50,
                   "learning_rate": 1.0, "momentum": 0.5, "release_metric": True}
-        _set_up_model(t, owner, policy, X, y)
+        _set_up_model(t, owner, policy, X, y, hold)
         m = t["model_id"]
         ups = [c.post(f"/v1/models/{m}/uploads", content=_samples(owner, X[i:i + 100],
                                                                    y[i:i + 100]),

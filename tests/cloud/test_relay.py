@@ -10,6 +10,7 @@ real server and then trains with the key.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,8 @@ def _envelope(link: RelayLink, setup: Setup, secret: bytes, key_id: str, params_
     offer = link.attest(challenge.nonce, challenge.session_id)
     with pytest.warns(SimulatedEvidenceWarning):
         verified = verify_offer(offer, challenge, setup.policy())
-    envelope = wrap_key(verified, secret, key_id, params_digest, {}, challenge.nonce,
+    policy = {"version": time.time_ns() // 1000}  # newer than any earlier provisioning
+    envelope = wrap_key(verified, secret, key_id, params_digest, policy, challenge.nonce,
                         challenge.session_id)
     return challenge.session_id, envelope
 

@@ -68,7 +68,7 @@ def test_sealed_file_is_private_and_opaque(tmp_path: Path, small_key: SecretCont
     secret = small_key.export_secret()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert secret[len(secret) // 2 : len(secret) // 2 + 32] not in data
-    assert cbor2.loads(data)["format"] == "cipherloop-sealed-key/v1"
+    assert cbor2.loads(data)["format"] == "cipherloop-sealed-key/v2"
 
 
 @pytest.mark.parametrize("change", ["format", "platform", "blob"])
@@ -80,7 +80,7 @@ def test_altered_sealed_file_is_refused(
     provision.store_sealed(sim, path, _provisioned(small_key))
     doc = cbor2.loads(path.read_bytes())
     if change == "format":
-        doc["format"] = "cipherloop-sealed-key/v2"
+        doc["format"] = "cipherloop-sealed-key/v1"  # an older format, not this one
     elif change == "platform":
         doc["platform"] = "sgx"
     else:
