@@ -22,7 +22,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..errors import AttestationError, EnclaveError, EnclaveUnavailable, ProvisioningFailed
+from ..errors import (
+    AttestationError,
+    EnclaveError,
+    EnclaveUnavailable,
+    ProvisioningFailed,
+    StalePolicy,
+)
 from .crud import Conflict
 
 NONCE_BYTES = 32
@@ -31,6 +37,8 @@ PROVISIONING_FAILED = ("provisioning failed: the enclave did not accept this env
                        "for this session (unknown, expired or used session, or a damaged envelope)")
 ATTESTATION_REFUSED = "attestation failed: the enclave did not answer this challenge"
 SESSION_IN_USE = "this session id is in use; start again with a fresh one"
+STALE_POLICY = ("the enclave holds a newer policy for this key; provision again with a higher "
+                "policy version")
 
 
 class EnclaveLink(Protocol):
@@ -66,10 +74,12 @@ class Relay:
     cipherloop.errors.EnclaveUnavailable: this service runs without an enclave
     """
 
-    def __init__(self, link: EnclaveLink | None, *, max_sessions: int = 256, ttl_s: float = 600.0,
+    def __init__(self, link: EnclaveLink | None, *, max_sessions: int = 1024,
+                 per_tenant: int = 8, ttl_s: float = 600.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._link = link
         self._max = max_sessions
+        self._per_tenant = per_tenant
         self._ttl = ttl_s
         self._clock = clock
         self._sessions: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
@@ -121,6 +131,10 @@ class Relay:
                 raise Conflict(SESSION_IN_USE)
             self._sessions[session_id] = (tenant_id, now)
             self._sessions.move_to_end(session_id)
+            # A tenant's new session evicts only that tenant's oldest, never another's.
+            own = [sid for sid, (t, _) in self._sessions.items() if t == tenant_id]
+            for sid in own[: max(0, len(own) - self._per_tenant)]:
+                del self._sessions[sid]
             self._expire(now)
         try:
             return link.attest(nonce, session_id)
@@ -149,5 +163,7 @@ class Relay:
             del self._sessions[session_id]
         try:
             return link.provision(session_id, envelope)
+        except StalePolicy:  # the owner's own envelope opened: it may know why
+            raise Conflict(STALE_POLICY) from None
         except (EnclaveError, AttestationError):
             raise ProvisioningFailed(PROVISIONING_FAILED) from None

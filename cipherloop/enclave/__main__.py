@@ -17,7 +17,8 @@ from .framing import DEFAULT_MAX_FRAME
 from .server import EnclaveConfig, serve
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The enclave's command line (also what the Gramine manifest fixes in ``loader.argv``)."""
     p = argparse.ArgumentParser(prog="python -m cipherloop.enclave",
                                 description="Serve the cipherloop enclave operations.")
     p.add_argument("--socket", required=True, type=Path, help="Unix socket path to listen on")
@@ -27,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME)
     p.add_argument("--allow-local-provisioning", action="store_true",
                    help="also accept the unattested development key hand-over (tests only)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s enclave %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     config = EnclaveConfig(a.socket, a.state_dir, a.max_frame, a.platform,

@@ -88,7 +88,7 @@ class Enclave:
     one state directory would fork the release budget. :meth:`close` releases it.
     """
 
-    MAX_PENDING = 256
+    MAX_PENDING = 1024
     PENDING_TTL_S = 600.0
 
     def __init__(self, config: EnclaveConfig, keys: KeyStore | None = None,

@@ -27,6 +27,7 @@ from cipherloop.client.provisioning import local_measurement, provision, simulat
 from cipherloop.cloud.app import create_app
 from cipherloop.cloud.relay import PROVISIONING_FAILED
 from cipherloop.cloud.settings import Settings
+from cipherloop.errors import ProvisioningFailed
 from cipherloop.learn import EnclaveProcess
 
 FAILED = {"detail": PROVISIONING_FAILED}
@@ -211,3 +212,27 @@ def test_without_an_enclave_the_relay_is_unavailable(tmp_path: Path) -> None:
         r = client.get("/v1/enclave", headers=bearer(made.json()["owner_token"]))
         assert r.status_code == 503
 
+
+
+def test_one_tenants_sessions_never_evict_anothers(keys: Keys) -> None:
+    """A tenant opening many sessions evicts only its own oldest."""
+    from cipherloop.cloud.relay import Relay
+
+    class Link:
+        def attest(self, nonce: bytes, session_id: bytes) -> dict[str, object]:
+            return {"session_id": session_id}
+
+        def provision(self, session_id: bytes, envelope: bytes) -> str:
+            return "key"
+
+        def hello(self) -> dict[str, object]:
+            return {}
+
+    relay = Relay(Link(), per_tenant=2)  # type: ignore[arg-type]
+    relay.attest(tenant_id="victim", nonce=bytes(32), session_id=b"v" * 16)
+    for i in range(50):
+        relay.attest(tenant_id="noisy", nonce=bytes(32), session_id=bytes([i]) * 16)
+    assert relay.provision(tenant_id="victim", session_id=b"v" * 16, envelope=b"e") == "key"
+    assert relay.provision(tenant_id="noisy", session_id=bytes([49]) * 16, envelope=b"e") == "key"
+    with pytest.raises(ProvisioningFailed):  # its own oldest was evicted
+        relay.provision(tenant_id="noisy", session_id=bytes([0]) * 16, envelope=b"e")

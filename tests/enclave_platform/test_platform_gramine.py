@@ -85,3 +85,22 @@ def test_non_dcap_attestation_type_is_refused(attestation_dir: Path) -> None:
 def test_report_data_must_be_64_bytes(attestation_dir: Path) -> None:
     with pytest.raises(ValueError, match="64"):
         GraminePlatform(attestation_dir).evidence(bytes(32))
+
+
+def test_the_manifests_fixed_command_line_starts_the_enclave() -> None:
+    """``loader.argv`` is part of MRENCLAVE: it must parse, name the state dir the manifest
+    mounts, and never admit the unattested hand-over."""
+    import json
+    import re
+
+    from cipherloop.enclave.__main__ import parser
+
+    template = (Path(__file__).parents[2] / "deploy" / "gramine"
+                / "cipherloop-enclave.manifest.template").read_text()
+    block = re.search(r"^loader\.argv = (\[.*?\])$", template, re.S | re.M)
+    assert block is not None
+    argv = json.loads(re.sub(r",\s*\]", "]", block.group(1)))
+    assert argv[1:5] == ["-B", "-s", "-m", "cipherloop.enclave"]
+    args = parser().parse_args(argv[5:])
+    assert args.platform == "sgx" and not args.allow_local_provisioning
+    assert f'path = "{args.state_dir}"' in template

@@ -198,3 +198,17 @@ def test_release_helpers_in_a_world(worlds: tuple[World, World], host: PublicCon
     dup = w.call("evaluate", model=_model(host), features=f, labels=lab,
                  metrics=["log_loss", "log_loss"])
     assert view(dup)[:2] == ("refused", "BadRequest")
+
+
+def test_state_directories_are_private_and_usable_under_the_services_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o077)
+    try:
+        with EnclaveProcess(state_dir=tmp_path / "state") as proc:
+            assert proc.client.hello()["platform"] == "sim"
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "state", tmp_path / "state" / "platform"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d

@@ -66,7 +66,7 @@ def attest(body: AttestIn, principal: OwnerDep, services: ServicesDep) -> Respon
 
 @router.post("/v1/enclave/provision", responses={
     400: {"description": "The enclave did not accept the envelope for this session"},
-    409: {"description": NOT_REGISTERED}})
+    409: {"description": f"{NOT_REGISTERED}; or the enclave holds a newer policy for this key"}})
 def provision(body: ProvisionIn, principal: OwnerDep, session: SessionDep,
               services: ServicesDep) -> ProvisionedKey:
     """Deliver the owner's HPKE envelope for a session it opened; the installed key's id.
