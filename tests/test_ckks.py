@@ -170,3 +170,12 @@ def test_layout_shape_errors() -> None:
         Replicated(3, 4, 64).pack(np.zeros(5))
     with pytest.raises(ShapeError):
         Diagonals.plan(10, 100, 64)  # more features than slots
+
+
+@pytest.mark.parametrize("n,d", [(5, 3), (4096, 64), (5000, 20), (70, 33)])
+def test_diagonals_unpack_inverts_pack(n: int, d: int) -> None:
+    from cipherloop.ckks import Diagonals
+
+    X = np.random.default_rng(n + d).standard_normal((n, d))
+    layout = Diagonals.plan(n, d, 4096)
+    assert np.array_equal(layout.unpack(layout.pack(X)), X)

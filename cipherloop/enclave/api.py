@@ -21,12 +21,15 @@ decryption oracle. So every operation has two phases:
 Releases (:func:`evaluate`, :func:`compare`) are computed only on hold-out
 sets the owner pinned in its policy, scored by the enclave itself from the
 model ciphertexts -- the only host-chosen input to a release is the model --
-and every released number is charged, durably, before it leaves.
+and every released number is charged, durably, before it leaves. Scoring
+decrypts the pinned hold-out set (the owner's own data, pinned for exactly
+this); the refining steps never see a sample's features.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -48,12 +51,12 @@ from ..errors import (
 from .keystore import KeyEntry
 from .policy import METRICS, coarse
 
+log = logging.getLogger("cipherloop.enclave")
+
 MAX_BATCHES = 64
 #: Decrypted model and sample values are clipped to ``[-VALUE_BOUND, VALUE_BOUND]``;
 #: at the top level and nominal scale that leaves > 60 bits of modulus headroom.
 VALUE_BOUND = float(2**20)
-#: Scale the enclave encodes a decrypted model at when it scores a hold-out set.
-_SCORE_SCALE = float(2**30)
 
 L = TypeVar("L", SampleBlocks, Replicated, Diagonals)
 
@@ -159,7 +162,9 @@ def _after_decryption(entry: KeyEntry) -> Iterator[None]:
     """Anything failing past the first decryption is the enclave's fault, never a reply to probe."""
     try:
         yield
-    except Exception:
+    except Exception as exc:
+        # The type name only: a message or traceback could carry decrypted values.
+        log.error("enclave fault (%s); key %s suspended", type(exc).__name__, entry.context.key_id)
         with contextlib.suppress(Exception):
             entry.suspend()
         raise EnclaveFault("enclave fault: the key is suspended until its owner re-provisions it"
@@ -289,32 +294,19 @@ def logistic_error(
 
 
 # ---------------------------------------------------------------- coarse aggregates
-def _holdout_scores(entry: KeyEntry, diag: Diagonals, features: Sequence[Ciphertext],
-                    coef: Ciphertext, intercept: Ciphertext | None) -> np.ndarray:
-    """``X @ w + b`` on the hold-out set, the features never decrypted.
+def _holdout_scores(entry: KeyEntry, X: np.ndarray, diag: Diagonals, coef: Ciphertext,
+                    intercept: Ciphertext | None) -> np.ndarray:
+    """``X @ w + b`` on the decrypted, pinned hold-out set, with the model clipped to ``±VALUE_BOUND``.
 
-    The model is decrypted (clipped to ``±VALUE_BOUND``) and multiplied into
-    the encrypted diagonals as plaintext, so only the per-giant-step partial
-    logits are decrypted; rotating plaintext is free, so no Galois key is needed.
+    Plain numpy on decrypted values: nothing here can fail on a value. (Multiplying
+    the encrypted features by the plaintext model instead would fail in SEAL when
+    the model encodes to zero -- a value-dependent failure.)
     """
-    backend = entry.context.backend
-    w_rep = diag.model.pack(diag.model.unpack(_reveal(entry, [coef], -VALUE_BOUND, VALUE_BOUND)[0]))
+    w = diag.model.unpack(_reveal(entry, [coef], -VALUE_BOUND, VALUE_BOUND)[0])
     b = 0.0
     if intercept is not None:
         b = float(_reveal(entry, [intercept], -VALUE_BOUND, VALUE_BOUND)[0].mean())
-    level = features[0].level
-    plains = [backend.encode(np.roll(w_rep, -b1), level=level, scale=_SCORE_SCALE)
-              for b1 in range(diag.baby)]
-    S, z = diag.slots, np.zeros(diag.n_blocks * diag.slots)
-    for c in range(diag.n_blocks):
-        for b2 in range(diag.giant):
-            acc = None
-            for b1 in range(diag.baby):
-                term = backend.multiply_plain(features[diag.index(c, b1, b2)].handle, plains[b1])
-                acc = term if acc is None else backend.add(acc, term)
-            part = np.clip(np.nan_to_num(backend.decrypt(acc)), -VALUE_BOUND ** 2, VALUE_BOUND ** 2)
-            z[c * S:(c + 1) * S] += np.roll(part, -diag.baby * b2)
-    return z[: diag.n_samples] + b
+    return np.asarray(X @ w + b)
 
 
 def _metrics(z: np.ndarray, y: np.ndarray, clip: float) -> dict[str, float]:
@@ -347,7 +339,8 @@ def evaluate(entry: KeyEntry, model: Mapping[str, Any], features_raw: bytes, lab
     coef, intercept = _check_model(entry, model, diag, max_bytes=max_bytes)
     entry.spend(len(wanted))
     with _after_decryption(entry):
-        z = _holdout_scores(entry, diag, f, coef, intercept)
+        X = diag.unpack(list(_reveal(entry, f, -VALUE_BOUND, VALUE_BOUND)))
+        z = _holdout_scores(entry, X, diag, coef, intercept)
         y = _reveal(entry, y_cts, 0.0, 1.0).ravel()[: diag.n_samples]
         values = _metrics(z, y, entry.policy.clip)
         return {m: coarse(values[m]) for m in wanted}
@@ -370,9 +363,10 @@ def compare(entry: KeyEntry, candidate: Mapping[str, Any], current: Mapping[str,
     entry.spend(3 if released else 1)
     clip = entry.policy.clip
     with _after_decryption(entry):
+        X = diag.unpack(list(_reveal(entry, f, -VALUE_BOUND, VALUE_BOUND)))
         y = _reveal(entry, y_cts, 0.0, 1.0).ravel()[: diag.n_samples]
-        a = _metrics(_holdout_scores(entry, diag, f, *cand), y, clip)[metric]
-        b = _metrics(_holdout_scores(entry, diag, f, *cur), y, clip)[metric]
+        a = _metrics(_holdout_scores(entry, X, diag, *cand), y, clip)[metric]
+        b = _metrics(_holdout_scores(entry, X, diag, *cur), y, clip)[metric]
         promote = a >= b if metric == "accuracy" else a <= b
         out: dict[str, Any] = {"promote": bool(promote)}
         if released:

@@ -142,3 +142,17 @@ def test_error_step_clips_logits_at_the_policy_bound(
     assert np.allclose(e, (p - y) * 2.0 / 40, atol=1e-6)
     assert expected_p == pytest.approx(p) or abs(z) > 2.0
     world.enclave.close()
+
+
+def test_an_all_zero_model_scores_like_any_other(tmp_path: Path, sec_key: SecretContext,
+                                                 host: PublicContext) -> None:
+    """A model of exact zeros once made SEAL throw ("transparent ciphertext") after decryption."""
+    w = make_world(tmp_path, sec_key)
+    f, lab = w.holdout
+    zero = _model(host, np.zeros(4), 0.0)
+    reply = w.call("compare", candidate=zero, current=zero, features=f, labels=lab,
+                   with_metrics=True)
+    assert reply["ok"], reply
+    assert reply["result"] == {"promote": True, "candidate": coarse(np.log(2)),
+                               "current": coarse(np.log(2))}
+    w.enclave.close()
