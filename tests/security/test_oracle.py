@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import World, batch, view, with_scale
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cipherloop.ckks import Ciphertext, CiphertextBatch, Diagonals, PublicContext, Replicated, SampleBlocks
 from cipherloop.client.data import encrypt_batches
@@ -205,3 +207,35 @@ def test_a_release_on_a_host_crafted_model_is_charged_per_number(
     third = w.call("compare", candidate=model, current=model, features=f, labels=lab)
     assert view(third)[:2] == ("refused", "BudgetExhausted")
     w.enclave.close()
+
+
+# ------------------------------------------------- random attacks, same two worlds
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(level=st.integers(0, 3), log2_factor=st.integers(0, 40),
+       scale_edit=st.sampled_from([None, 2.0**-40, 1.0, 2.0**34, 2.0**36, 2.0**100]),
+       op=st.sampled_from(["refresh", "logistic_error"]))
+def test_random_attacks_get_identical_replies(worlds: tuple[World, World], host: PublicContext,
+                                              level: int, log2_factor: int,
+                                              scale_edit: float | None, op: str) -> None:
+    """Any mix of level, scaling towards the encoder's bounds and scale edits: same replies."""
+    diag = Diagonals.plan(40, 4, SLOTS)
+    samples = diag.samples.describe()
+
+    def attack(w: World, ct: Ciphertext) -> dict[str, Any]:
+        if log2_factor:
+            ct = ct.times(2.0**log2_factor, scale=host.params.scale if op != "refresh" else None)
+        elif op != "refresh":
+            ct = ct.times(1.0, scale=host.params.scale)
+        if ct.level > level:
+            ct = ct.at_level(level)
+        if scale_edit is not None:
+            ct = with_scale(ct, scale_edit)
+        if op == "refresh":
+            return w.call("refresh", batches=[batch(host, [ct], REP)])
+        y = host.encrypt(np.ones(SLOTS), level=0)
+        return w.call("logistic_error", z=batch(host, [ct], samples), y=batch(host, [y], samples),
+                      features=diag.describe(), first_block=0, start=0, stop=40,
+                      learning_rate=1.0, level=2, intercept=False)
+
+    _differential(worlds, host, attack)
