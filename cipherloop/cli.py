@@ -4,7 +4,8 @@ Runs in: owner (demo, keys, data) and host (enclave, serve).
 
 Exit codes: 0 success, 1 a cipherloop error (bad input, refused by the
 enclave or the service), 2 usage error, 3 the enclave or service could not
-be reached, 4 the enclave's evidence did not verify (no key was released).
+be reached, 4 the enclave's evidence did not verify (no key was released),
+5 ``serve``: another service already runs on this data directory.
 
 Settings that most commands share can come from the environment:
 ``CIPHERLOOP_SERVER`` (service URL), ``CIPHERLOOP_TOKEN`` (bearer token),
@@ -282,16 +283,23 @@ def serve(
 
     Needs CIPHERLOOP_ADMIN_TOKEN (16+ characters) in the environment for tenant
     creation. Embedded defaults: SQLite and a file blob store in --data-dir.
+    Runs in the foreground until SIGTERM or Ctrl-C; restarts its enclave and
+    worker if they die. One service per --data-dir (exit code 5 otherwise).
     """
     from .cloud.server import serve as run_service
     from .cloud.settings import Settings
+    from .cloud.supervise import EXIT_DATA_DIR_IN_USE, DataDirInUse
 
     try:
         settings = Settings.from_env(data_dir=data_dir, database_url=database_url, host=host,
                                      port=port)
     except (TypeError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    run_service(settings)
+    try:
+        run_service(settings)
+    except DataDirInUse as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_DATA_DIR_IN_USE) from None
 
 
 def _policy(trigger_samples: int | None, interval: float | None, epochs: int, lr: float,

@@ -10,7 +10,7 @@ Errors of every layer reach the client through one exception handler as
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, status
@@ -104,7 +104,8 @@ async def handle_invalid_request(request: Request, exc: Exception) -> JSONRespon
 
 
 def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = None,
-               enclave: EnclaveLink | None = None) -> FastAPI:
+               enclave: EnclaveLink | None = None,
+               health: Callable[[], Mapping[str, str]] | None = None) -> FastAPI:
     """The service's ASGI application.
 
     Parameters
@@ -119,6 +120,9 @@ def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = 
         The enclave that attested provisioning is relayed to (an
         :class:`~cipherloop.learn.EnclaveClient`); without one, the
         ``/v1/enclave`` endpoints answer 503.
+    health : callable, optional
+        ``{child: "up" | "down"}`` of the supervised processes; ``/healthz``
+        answers 503 ``degraded`` while any is down.
 
     Returns
     -------
@@ -140,7 +144,7 @@ def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = 
     blobs = BlobStore(settings.blob_dir)
     services = Services(settings=settings, sessions=make_sessionmaker(db), blobs=blobs,
                         contexts=ContextCache(blobs, size=settings.context_cache),
-                        refiner=refiner, relay=Relay(enclave))
+                        refiner=refiner, relay=Relay(enclave), health=health or dict)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -28,8 +28,13 @@ class _In(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    """``ok`` (HTTP 200) when every supervised process is up; ``degraded`` (HTTP 503) otherwise."""
+
+    status: Literal["ok", "degraded"] = "ok"
     version: str
+    children: dict[str, Literal["up", "down"]] = Field(
+        default_factory=dict,
+        description="the processes the service supervises (enclave, worker) and their state")
 
 
 # --------------------------------------------------------------- tenants and tokens
