@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from .policy import RefinePolicy
 
@@ -24,7 +24,33 @@ class _Out(BaseModel):
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Bounds that every stored number respects (and that fit a 32-bit integer column).
+MAX_COUNT = 1_000_000_000
+MAX_INTERVAL_S = 10 * 365 * 24 * 3600.0
+_B64_32 = r"^[A-Za-z0-9+/]{43}=$"
+_B64_16 = r"^[A-Za-z0-9+/]{22}==$"
+MAX_ENVELOPE_B64 = 1 << 20
+
+
+# -------------------------------------------------------------------------- errors
+class ValidationItem(BaseModel):
+    loc: list[str | int] = Field(description="where in the request: path, query or body field")
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: ``detail`` is one message, or the list of failed request checks.
+
+    Route checks (a refused ciphertext, a missing id, a conflict) send a
+    string; schema validation of the request sends the list (422 only).
+    Neither ever echoes the submitted value.
+    """
+
+    detail: str | list[ValidationItem]
 
 
 class Health(BaseModel):
@@ -99,13 +125,17 @@ class EnclaveInfo(BaseModel):
 class AttestIn(_In):
     """The owner's challenge. Sizes and encoding are checked by the route (422), not echoed."""
 
-    nonce: str = Field(description="base64 of 32 fresh random bytes")
-    session_id: str = Field(description="base64 of 16 random bytes")
+    nonce: str = Field(description="base64 of 32 fresh random bytes", min_length=44,
+                       max_length=44, pattern=_B64_32)
+    session_id: str = Field(description="base64 of 16 random bytes", min_length=24,
+                            max_length=24, pattern=_B64_16)
 
 
 class ProvisionIn(_In):
-    session_id: str = Field(description="base64 of the 16-byte session id the offer answered")
-    envelope: str = Field(description="base64 of the HPKE envelope sealed to the attested key")
+    session_id: str = Field(description="base64 of the 16-byte session id the offer answered",
+                            min_length=24, max_length=24, pattern=_B64_16)
+    envelope: str = Field(description="base64 of the HPKE envelope sealed to the attested key",
+                          min_length=4, max_length=MAX_ENVELOPE_B64)
 
 
 class ProvisionedKey(BaseModel):
@@ -116,16 +146,16 @@ class ProvisionedKey(BaseModel):
 class PolicyIn(_In):
     """The owner's refinement policy (see :class:`~cipherloop.cloud.policy.RefinePolicy`)."""
 
-    trigger_min_samples: int | None = Field(default=None, ge=1)
-    trigger_interval_s: float | None = Field(default=None, gt=0)
+    trigger_min_samples: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    trigger_interval_s: float | None = Field(default=None, gt=0, le=MAX_INTERVAL_S)
     epochs: int = Field(default=1, ge=1, le=1000)
-    batch_size: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     learning_rate: float = Field(default=1.0, gt=0, lt=1000)
     lr_schedule: Literal["constant", "decay"] = "constant"
     lr_decay: float = Field(default=1.0, gt=0, le=1)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     metric: Literal["log_loss", "accuracy"] = "log_loss"
-    release_metric: bool = False
+    release_metric: StrictBool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyIn:
@@ -155,8 +185,9 @@ class PolicyPublic(_Out):
 # -------------------------------------------------------------------------- models
 class ModelCreate(_In):
     name: str = Name
-    context_id: str
-    n_features: int = Field(ge=1, le=65536)
+    context_id: str = Field(min_length=1, max_length=64)
+    n_features: int = Field(ge=1, le=16384, description=(
+        "at most the context's slot count (4096 for n8192, 8192 for n16384); 422 otherwise"))
     policy: PolicyIn = Field(default_factory=PolicyIn)
 
 
@@ -171,7 +202,7 @@ class ModelPublic(_Out):
 
 
 class CurrentVersionSet(_In):
-    version_id: str
+    version_id: str = Field(min_length=1, max_length=64)
 
 
 class VersionPublic(_Out):

@@ -118,8 +118,8 @@ def test_challenge_of_the_wrong_size_is_unprocessable(setup: Setup, nonce: str,
     r = setup.client.post("/v1/enclave/attest", headers=setup.owners["A"],
                           json={"nonce": nonce, "session_id": session})
     assert r.status_code == 422
-    assert r.json()["detail"] in ("nonce must be base64 of 32 bytes",
-                                  "session_id must be base64 of 16 bytes")
+    (err,) = r.json()["detail"]  # the schema's own size check, naming the field, not the value
+    assert err["loc"][-1] in ("nonce", "session_id") and nonce not in r.text
 
 
 def test_envelope_for_another_session_is_refused(setup: Setup, keys: Keys) -> None:

@@ -25,7 +25,7 @@ from ..schemas import (
     PolicyPublic,
     VersionPublic,
 )
-from ..wire import BINARY
+from ..wire import BINARY, check_model_layouts
 from . import binary_body, binary_response, model_or_404, not_found
 
 router = APIRouter(tags=["models"])
@@ -69,6 +69,20 @@ def create_model(body: ModelCreate, principal: OwnerDep, session: SessionDep) ->
                               name=body.name, n_features=body.n_features,
                               policy=body.policy.to_policy())
     return model_public(session, model)
+
+
+@router.delete("/v1/models/{model_id}", status_code=status.HTTP_204_NO_CONTENT,
+               response_class=Response)
+def delete_model(model_id: str, principal: OwnerDep, session: SessionDep) -> Response:
+    """Delete a model with its versions, policy revisions, uploads and rounds (owner only).
+
+    For undoing a set-up that went wrong (``cipherloop init`` does so itself).
+    409 while one of its rounds is running. Stored ciphertext blobs stay (other
+    rows may name the same bytes).
+    """
+    if not crud.delete_model(session, tenant_id=principal.tenant_id, model_id=model_id):
+        raise not_found()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/v1/models")
@@ -128,6 +142,7 @@ async def upload_version(model_id: str, request: Request, response: Response,
         seen = crud.find_version(session, tenant_id=tenant_id, model_id=model_id, sha256=digest)
         if seen is not None:
             return version_public(session, seen), False
+        check_model_layouts(body)
         ctx = services.contexts.get(context.sha256)
         services.refiner.check_model(ctx, body, n_features=model.n_features)
         services.blobs.put(body)
