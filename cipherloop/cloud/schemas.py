@@ -32,6 +32,7 @@ MAX_COUNT = 1_000_000_000
 MAX_INTERVAL_S = 10 * 365 * 24 * 3600.0
 _B64_32 = r"^[A-Za-z0-9+/]{43}=$"
 _B64_16 = r"^[A-Za-z0-9+/]{22}==$"
+_B64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$"
 MAX_ENVELOPE_B64 = 1 << 20
 
 
@@ -135,7 +136,7 @@ class ProvisionIn(_In):
     session_id: str = Field(description="base64 of the 16-byte session id the offer answered",
                             min_length=24, max_length=24, pattern=_B64_16)
     envelope: str = Field(description="base64 of the HPKE envelope sealed to the attested key",
-                          min_length=4, max_length=MAX_ENVELOPE_B64)
+                          min_length=4, max_length=MAX_ENVELOPE_B64, pattern=_B64)
 
 
 class ProvisionedKey(BaseModel):
