@@ -90,6 +90,44 @@ def split(config: DemoConfig) -> DemoData:
                     [(X_tr[c], y_tr[c]) for c in chunks])
 
 
+SAMPLE_SPLIT = {"owner": 80, "holdout": 80, "new-samples": 260}
+
+
+def sample_split(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Raw breast-cancer data cut the README's way: owner, hold-out, new samples, patients.
+
+    Stratified, deterministic for a seed; the patients are the remaining 149.
+    """
+    X, y = load_breast_cancer(return_X_y=True)
+    y = y.astype(np.float64)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, n in SAMPLE_SPLIT.items():
+        X_take, X, y_take, y = train_test_split(X, y, train_size=n, random_state=seed, stratify=y)
+        out[name] = (X_take, y_take)
+    out["patients"] = (X, y)
+    return out
+
+
+def write_sample_csvs(folder: Path, *, seed: int = 0) -> list[Path]:
+    """Write :func:`sample_split` as CSVs with a header line (label last; patients unlabelled)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [n.replace(" ", "_") for n in load_breast_cancer().feature_names]
+    written = []
+    for name, (X, y) in sample_split(seed).items():
+        if name == "patients":
+            written.append(_write_csv(folder / "patients.csv", names, X))
+            written.append(_write_csv(folder / "patients-labels.csv", ["label"], y[:, None]))
+        else:
+            written.append(_write_csv(folder / f"{name}.csv", [*names, "label"],
+                                      np.column_stack([X, y])))
+    return written
+
+
+def _write_csv(path: Path, header: list[str], rows: np.ndarray) -> Path:
+    np.savetxt(path, rows, delimiter=",", fmt="%.10g", header=",".join(header), comments="")
+    return path
+
+
 def accuracy(w: np.ndarray, b: float, data: tuple[np.ndarray, np.ndarray]) -> float:
     X, y = data
     return float(np.mean((X @ w + b > 0) == (y > 0.5)))

@@ -32,6 +32,7 @@ from .db import (
     Decision,
     Model,
     Policy,
+    Preprocessing,
     Role,
     Round,
     RoundState,
@@ -208,15 +209,27 @@ def _policy_row(*, tenant_id: str, model_id: str, number: int, policy: RefinePol
 
 
 def create_model(session: Session, *, tenant_id: str, context_id: str, name: str,
-                 n_features: int, policy: RefinePolicy) -> Model:
-    """A model bound to one of the tenant's contexts, with its first policy revision."""
+                 n_features: int, policy: RefinePolicy,
+                 preprocessing: dict[str, Any] | None = None) -> Model:
+    """A model bound to one of the tenant's contexts, with its first policy revision.
+
+    ``preprocessing`` (``kind``, ``mean``, ``scale``) is stored with it, in
+    the same transaction, and never changes.
+    """
     model = Model(tenant_id=tenant_id, context_id=context_id, name=name, n_features=n_features,
                   policy_seq=1)
     session.add(model)
     session.flush()
     session.add(_policy_row(tenant_id=tenant_id, model_id=model.id, number=1, policy=policy))
+    if preprocessing is not None:
+        session.add(Preprocessing(tenant_id=tenant_id, model_id=model.id, **preprocessing))
     session.commit()
     return model
+
+
+def get_preprocessing(session: Session, *, tenant_id: str, model_id: str) -> Preprocessing | None:
+    return session.scalars(select(Preprocessing).where(
+        Preprocessing.tenant_id == tenant_id, Preprocessing.model_id == model_id)).first()
 
 
 def delete_model(session: Session, *, tenant_id: str, model_id: str) -> bool:
@@ -246,7 +259,7 @@ def delete_model(session: Session, *, tenant_id: str, model_id: str) -> bool:
         session.execute(update(Version).where(Version.tenant_id == tenant_id,
                                               Version.model_id == model_id)
                         .values(parent_id=None, round_id=None, policy_id=None))
-        for table in (Upload, Version, Round, Policy):
+        for table in (Upload, Version, Round, Policy, Preprocessing):
             session.execute(delete(table).where(table.tenant_id == tenant_id,
                                                 table.model_id == model_id))
         session.delete(model)

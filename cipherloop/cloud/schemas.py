@@ -183,6 +183,42 @@ class PolicyPublic(_Out):
     created_at: datetime
 
 
+# ------------------------------------------------------------------- preprocessing
+MAX_ABS_MEAN = 1e12
+MIN_SCALE, MAX_SCALE = 1e-12, 1e12
+
+
+class PreprocessingIn(_In):
+    """Standardisation the owner fitted on its own data: ``(x - mean) / scale`` per feature.
+
+    Contributors and predict clients apply it before encrypting. Plaintext:
+    the service and every token holder of the tenant can read the means and
+    standard deviations.
+    """
+
+    kind: Literal["standardize"] = "standardize"
+    mean: list[float] = Field(min_length=1, max_length=16384)
+    scale: list[float] = Field(min_length=1, max_length=16384)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PreprocessingIn:
+        if len(self.mean) != len(self.scale):
+            raise ValueError("mean and scale must have one entry per feature")
+        if not all(abs(m) <= MAX_ABS_MEAN for m in self.mean):
+            raise ValueError(f"every mean must be within +-{MAX_ABS_MEAN:g}")
+        if not all(MIN_SCALE <= v <= MAX_SCALE for v in self.scale):
+            raise ValueError(f"every scale must be in [{MIN_SCALE:g}, {MAX_SCALE:g}]")
+        return self
+
+
+class PreprocessingPublic(_Out):
+    """``kind`` ``none``: raw features go in as they are (``mean`` and ``scale`` empty)."""
+
+    kind: Literal["none", "standardize"]
+    mean: list[float]
+    scale: list[float]
+
+
 # -------------------------------------------------------------------------- models
 class ModelCreate(_In):
     name: str = Name
@@ -190,6 +226,14 @@ class ModelCreate(_In):
     n_features: int = Field(ge=1, le=16384, description=(
         "at most the context's slot count (4096 for n8192, 8192 for n16384); 422 otherwise"))
     policy: PolicyIn = Field(default_factory=PolicyIn)
+    preprocessing: PreprocessingIn | None = Field(
+        default=None, description="fixed for the model's life; one entry per feature")
+
+    @model_validator(mode="after")
+    def _one_entry_per_feature(self) -> ModelCreate:
+        if self.preprocessing is not None and len(self.preprocessing.mean) != self.n_features:
+            raise ValueError("preprocessing must have one mean and scale per feature")
+        return self
 
 
 class ModelPublic(_Out):
@@ -199,6 +243,7 @@ class ModelPublic(_Out):
     n_features: int
     current_version_id: str | None
     policy: PolicyPublic
+    preprocessing: PreprocessingPublic
     created_at: datetime
 
 

@@ -244,6 +244,7 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", "/v1/models/{model_id}", "owner", "id"),
     _r("DELETE", "/v1/models/{model_id}", "owner", "id"),
     _r("GET", "/v1/models/{model_id}/policy", "owner", "id"),
+    _r("GET", "/v1/models/{model_id}/preprocessing", "owner contributor predict", "id"),
     _r("PUT", "/v1/models/{model_id}/policy", "owner", "id", "policy"),
     _r("POST", "/v1/models/{model_id}/versions", "owner", "id", "model"),
     _r("GET", "/v1/models/{model_id}/versions", "owner", "id"),

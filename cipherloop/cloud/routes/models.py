@@ -16,13 +16,14 @@ from ...errors import ShapeError
 from .. import crud
 from ..blobs import sha256_hex
 from ..db import Model, Version
-from ..deps import OwnerDep, ServicesDep, SessionDep, read_body
+from ..deps import AnyRoleDep, OwnerDep, ServicesDep, SessionDep, read_body
 from ..schemas import (
     CurrentVersionSet,
     ModelCreate,
     ModelPublic,
     PolicyIn,
     PolicyPublic,
+    PreprocessingPublic,
     VersionPublic,
 )
 from ..wire import BINARY, check_model_layouts
@@ -31,12 +32,21 @@ from . import binary_body, binary_response, model_or_404, not_found
 router = APIRouter(tags=["models"])
 
 
+def preprocessing_public(session: Session, model: Model) -> PreprocessingPublic:
+    row = crud.get_preprocessing(session, tenant_id=model.tenant_id, model_id=model.id)
+    if row is None:
+        return PreprocessingPublic(kind="none", mean=[], scale=[])
+    return PreprocessingPublic.model_validate(row)
+
+
 def model_public(session: Session, model: Model) -> ModelPublic:
     policy = crud.current_policy(session, tenant_id=model.tenant_id, model_id=model.id)
     assert policy is not None
     return ModelPublic(id=model.id, name=model.name, context_id=model.context_id,
                        n_features=model.n_features, current_version_id=model.current_version_id,
-                       policy=PolicyPublic.model_validate(policy), created_at=model.created_at)
+                       policy=PolicyPublic.model_validate(policy),
+                       preprocessing=preprocessing_public(session, model),
+                       created_at=model.created_at)
 
 
 def version_public(session: Session, version: Version) -> VersionPublic:
@@ -67,7 +77,9 @@ def create_model(body: ModelCreate, principal: OwnerDep, session: SessionDep) ->
         raise ShapeError(f"at most {slots} features fit this context's parameters")
     model = crud.create_model(session, tenant_id=principal.tenant_id, context_id=context.id,
                               name=body.name, n_features=body.n_features,
-                              policy=body.policy.to_policy())
+                              policy=body.policy.to_policy(),
+                              preprocessing=None if body.preprocessing is None
+                              else body.preprocessing.model_dump())
     return model_public(session, model)
 
 
@@ -97,6 +109,18 @@ def get_model(model_id: str, principal: OwnerDep, session: SessionDep) -> ModelP
     """One model, its current version and the policy in force (owner only)."""
     return model_public(session, model_or_404(session, tenant_id=principal.tenant_id,
                                               model_id=model_id))
+
+
+@router.get("/v1/models/{model_id}/preprocessing")
+def get_preprocessing(model_id: str, principal: AnyRoleDep,
+                      session: SessionDep) -> PreprocessingPublic:
+    """What to apply to raw features before encrypting them (any of the tenant's tokens).
+
+    Contributors apply it to the samples they upload, predict clients to the
+    features they score; ``kind`` ``none`` means raw features.
+    """
+    return preprocessing_public(session, model_or_404(session, tenant_id=principal.tenant_id,
+                                                      model_id=model_id))
 
 
 @router.get("/v1/models/{model_id}/policy")
