@@ -254,13 +254,32 @@ def plot(results: list[RoundResult], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     rounds = [r.round for r in results]
-    ax.plot(rounds, [r.encrypted_accuracy for r in results], "o-",
-            label="encrypted, refined by the service")
-    ax.plot(rounds, [r.plaintext_accuracy for r in results], "s--", label="plaintext, same algorithm")
+    enc = [r.encrypted_accuracy for r in results]
+    plain = [r.plaintext_accuracy for r in results]
+    # The two lines coincide when CKKS noise is small: the plaintext one is drawn first,
+    # thick and pale, the encrypted one on top, thin with hollow markers, so both show.
+    ax.plot(rounds, plain, "-", color="tab:orange", linewidth=5, alpha=0.45,
+            label="plaintext, same algorithm", zorder=2)
+    ax.plot(rounds, enc, "--", color="tab:blue", linewidth=1.5,
+            label="encrypted, refined by the service", zorder=3)
+    marks = {"promote": ("^", "tab:green", "promoted"), "keep": ("x", "tab:red", "kept")}
+    for decision, (marker, color, text) in marks.items():
+        pts = [(r.round, r.encrypted_accuracy) for r in results if r.decision == decision]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.scatter(xs, ys, marker=marker, s=70, color=color, zorder=4,
+                       facecolors="none" if marker == "^" else color,
+                       label=f"round's candidate {text}")
+    others = [(r.round, r.encrypted_accuracy) for r in results if r.decision not in marks]
+    if others:
+        xs, ys = zip(*others, strict=True)
+        ax.scatter(xs, ys, marker="o", s=40, color="tab:blue", zorder=4,
+                   facecolors="none", label="owner's initial model")
+    ax.set_xticks(rounds)
     ax.set_xlabel("refinement round (0 = owner's initial model)")
     ax.set_ylabel("test accuracy of the current model")
     ax.set_title("cipherloop: autonomous encrypted refinement (breast cancer)")
-    ax.set_ylim(max(0.0, min(r.encrypted_accuracy for r in results) - 0.05), 1.0)
+    ax.set_ylim(max(0.0, min(enc + plain) - 0.05), 1.005)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
