@@ -137,6 +137,22 @@ def _announce_platform(settings: Settings, client: EnclaveClient) -> None:
     print(f"cipherloop: {message}", file=sys.stderr, flush=True)  # noqa: T201
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn that stops the supervisor's restarts the moment a signal asks it to exit.
+
+    Ctrl-C reaches the whole process group, so the children die at once;
+    while uvicorn drains its connections, nothing may restart them.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
 class _Shutdown(BaseException):
     """SIGTERM or SIGINT arrived: unwind, stopping the children on the way out."""
 
@@ -225,7 +241,7 @@ def _serve_locked(settings: Settings, stack: ExitStack, lock: DataDirLock,
                      health=supervisor.health)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level.lower())
-    uvicorn.Server(config).run()
+    _Uvicorn(config, on_exit=supervisor.stop_restarting).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

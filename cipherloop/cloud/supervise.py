@@ -248,8 +248,12 @@ class Supervisor:
         self._thread.start()
         return self
 
+    def stop_restarting(self) -> None:
+        """From now on, a child that dies stays dead (safe in a signal handler: never blocks)."""
+        self._stop.set()
+
     def close(self) -> None:
-        """Stop restarting (call before stopping the children)."""
+        """Stop restarting and wait for a restart in progress (call before stopping children)."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=90)

@@ -121,10 +121,11 @@ def _children(service: ServiceProcess) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
-                         ids=["SIGTERM", "SIGINT", "SIGKILL"])
-def test_a_signal_to_the_main_process_leaves_no_cipherloop_process(data_dir: Path,
-                                                                   sig: int) -> None:
+@pytest.mark.parametrize(("sig", "group"), [
+    (signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGKILL, False),
+    (signal.SIGINT, True)], ids=["SIGTERM", "SIGINT", "SIGKILL", "Ctrl-C to the group"])
+def test_a_signal_to_the_main_process_leaves_no_cipherloop_process(data_dir: Path, sig: int,
+                                                                   group: bool) -> None:
     service = ServiceProcess(data_dir, admin_token=ADMIN).start()
     try:
         kids = _children(service)
@@ -132,12 +133,17 @@ def test_a_signal_to_the_main_process_leaves_no_cipherloop_process(data_dir: Pat
         assert read_lock_info(data_dir)["children"] == kids
         sock = Path(read_lock_info(data_dir)["enclave_socket"])
         assert sock.exists()
-        service.signal(sig)  # the main process only, as systemd, docker or a shell sends it
         assert service.proc is not None
+        if group:  # a terminal's Ctrl-C reaches every process of the foreground group
+            os.killpg(service.proc.pid, sig)
+        else:  # the main process only, as systemd, docker or kill(1) send it
+            service.signal(sig)
         code = service.proc.wait(timeout=30)
         assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0), service.log()
         assert _wait(lambda: not [p for p in everyone if pid_alive(p)], timeout=15), (
             {p: _cmdline(p) for p in everyone if pid_alive(p)})
+        if group:
+            assert "restarted" not in service.log()  # no child came back during shutdown
         if sig != signal.SIGKILL:  # a clean stop removes the socket's folder too
             assert not sock.parent.exists()
             assert read_lock_info(data_dir) == {}
