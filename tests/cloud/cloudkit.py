@@ -9,6 +9,7 @@ scripted (no enclave). Tests using the real refiner and enclave are in
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,17 @@ class FakeRefiner(LearnRefiner):
         candidate = current.with_parts(coef=current.coef + current.coef)
         return RoundResult(candidate.to_bytes(context), self.decision, "fake verdict",
                            self.metrics, {"n_data": len(data)})
+
+
+def wait_for(what: Callable[[], Any], *, timeout: float, step: float = 0.05) -> Any:
+    """Poll ``what`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("timed out waiting")
 
 
 def b64(data: bytes) -> str:

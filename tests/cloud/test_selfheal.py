@@ -14,12 +14,13 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from cloudkit import wait_for
 
 from cipherloop.ckks import SecretContext, preset, rotations_for_features
 from cipherloop.client.data import encrypt_model, upload_body
@@ -33,16 +34,6 @@ pytestmark = pytest.mark.slow
 ADMIN = "selfheal-admin-token-0123456789ab"
 D = 6
 ROUND_DEADLINE_S = 240
-
-
-def _wait(what: Callable[[], Any], *, timeout: float, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("timed out waiting")
 
 
 @pytest.fixture(scope="module")
@@ -86,17 +77,17 @@ def _round_survives_kill9(world: dict[str, Any], child: str, rows: slice) -> Non
     acked = [world["contributor"].upload_samples(m, upload_body(public, X[i:i + 100],
                                                                 y[i:i + 100]))["id"]
              for i in range(rows.start, rows.stop, 100)]
-    running = _wait(lambda: [r for r in svc.rounds(m)[n_before:] if r["state"] == "running"],
+    running = wait_for(lambda: [r for r in svc.rounds(m)[n_before:] if r["state"] == "running"],
                     timeout=60, step=0.05)
     victim = read_lock_info(world["data_dir"])["children"][child]
     t0 = time.monotonic()
     os.kill(victim, signal.SIGKILL)
-    assert _wait(lambda: not pid_alive(victim), timeout=10)
+    assert wait_for(lambda: not pid_alive(victim), timeout=10)
 
     def finished() -> list[dict[str, Any]]:
         return [r for r in svc.rounds(m)[n_before:] if r["state"] in ("done", "failed")]
 
-    (rnd,) = _wait(finished, timeout=ROUND_DEADLINE_S, step=0.25)
+    (rnd,) = wait_for(finished, timeout=ROUND_DEADLINE_S, step=0.25)
     elapsed = time.monotonic() - t0
     assert rnd["id"] == running[0]["id"]
     assert rnd["state"] == "done", rnd  # an infrastructure fault is never the owner's failure

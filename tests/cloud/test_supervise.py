@@ -14,12 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from cloudkit import wait_for
 
 from cipherloop.cloud.process import ServiceProcess
 from cipherloop.cloud.supervise import (
@@ -34,16 +34,6 @@ from cipherloop.cloud.supervise import (
 )
 
 ADMIN = "supervise-admin-token-0123456789"
-
-
-def _wait(what: Callable[[], Any], *, timeout: float, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("timed out waiting")
 
 
 def _cmdline(pid: int) -> str:
@@ -96,11 +86,11 @@ def test_supervisor_restarts_a_dead_child_with_backoff_and_reports_it() -> None:
     try:
         assert sup.health() == {"sleeper": "up"}
         procs[-1].kill()
-        assert _wait(lambda: sup.health() == {"sleeper": "down"}, timeout=5)
-        assert _wait(lambda: len(procs) == 2 and sup.health() == {"sleeper": "up"}, timeout=10)
+        assert wait_for(lambda: sup.health() == {"sleeper": "down"}, timeout=5)
+        assert wait_for(lambda: len(procs) == 2 and sup.health() == {"sleeper": "up"}, timeout=10)
         procs[-1].kill()  # a second failure in a row waits twice as long
         t0 = time.monotonic()
-        assert _wait(lambda: len(procs) == 3, timeout=10)
+        assert wait_for(lambda: len(procs) == 3, timeout=10)
         assert time.monotonic() - t0 >= 1.2
         assert seen[-1] == {"sleeper": procs[-1].pid}
     finally:
@@ -140,7 +130,7 @@ def test_a_signal_to_the_main_process_leaves_no_cipherloop_process(data_dir: Pat
             service.signal(sig)
         code = service.proc.wait(timeout=30)
         assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0), service.log()
-        assert _wait(lambda: not [p for p in everyone if pid_alive(p)], timeout=15), (
+        assert wait_for(lambda: not [p for p in everyone if pid_alive(p)], timeout=15), (
             {p: _cmdline(p) for p in everyone if pid_alive(p)})
         if group:
             assert "restarted" not in service.log()  # no child came back during shutdown
@@ -172,11 +162,11 @@ def test_a_killed_child_is_restarted_and_healthz_says_degraded_meanwhile(data_di
         for name in ("worker", "enclave"):
             before = _children(service)
             os.kill(before[name], signal.SIGKILL)
-            down = _wait(lambda: (r := httpx.get(f"{service.url}/healthz")).status_code == 503
+            down = wait_for(lambda: (r := httpx.get(f"{service.url}/healthz")).status_code == 503
                          and r, timeout=10)
             assert down.json()["status"] == "degraded"
             assert down.json()["children"][name] == "down"
-            up = _wait(lambda: (r := httpx.get(f"{service.url}/healthz")).status_code == 200
+            up = wait_for(lambda: (r := httpx.get(f"{service.url}/healthz")).status_code == 200
                        and r, timeout=60, step=0.2)
             assert up.json()["children"] == {"enclave": "up", "worker": "up"}
             after = _children(service)
