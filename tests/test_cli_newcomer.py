@@ -86,20 +86,20 @@ def test_version() -> None:
     assert r.returncode == 0 and r.stdout.strip() == f"cipherloop {__version__}"
 
 
+# ------------------------------------------------------- against a real service
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    root = tmp_path_factory.mktemp("newcomer")
+    with ServiceProcess(root / "svc", admin_token="newcomer-admin-token-01234") as svc:
+        yield svc
+
+
 @pytest.mark.slow
-def test_401_names_the_token_to_use(tmp_path: Path) -> None:
-    with ServiceProcess(tmp_path / "svc", admin_token="newcomer-admin-token-01234") as svc:
-        r = _cli("status", "--model", "m", "--server", svc.url, "--token", "wrong")
+def test_401_names_the_token_to_use(service: ServiceProcess) -> None:
+    r = _cli("status", "--model", "m", "--server", service.url, "--token", "wrong")
     assert r.returncode == 1
     flat = " ".join(r.stderr.split())
     assert "(401)" in flat and "CIPHERLOOP_TOKEN" in flat and "owner token" in flat
-
-
-# ------------------------------------------------------------------ a failed init
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ServiceProcess]:
-    with ServiceProcess(tmp_path / "svc", admin_token="newcomer-admin-token-01234") as svc:
-        yield svc
 
 
 @pytest.mark.slow
@@ -116,7 +116,7 @@ def test_failed_init_leaves_no_model_behind(service: ServiceProcess, tmp_path: P
     X = rng.normal(size=(40, 4))
     np.savetxt(tmp_path / "hold.csv", np.column_stack([X, X[:, 0] > 0]), delimiter=",")
     np.savetxt(tmp_path / "wide.csv", np.column_stack([X, X, X[:, 0] > 0]), delimiter=",")
-    root = str(tmp_path / "svc" / "enclave" / "platform" / "sim-root.crt.pem")
+    root = str(service.data_dir / "enclave" / "platform" / "sim-root.crt.pem")
     args = ["init", "--features", "4", "--allow-simulated", "--sim-root", root]
 
     # A file of the wrong width is refused before the service is touched.

@@ -32,7 +32,7 @@ from cipherloop.cloud.settings import Settings
 pytestmark = pytest.mark.slow
 
 ADMIN = "schemathesis-admin-token-012345"
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = 6
 
 
 @pytest.fixture(scope="module")
