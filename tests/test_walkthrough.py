@@ -91,7 +91,9 @@ def test_readme_walkthrough_on_raw_csvs_matches_sklearn(terminal_1: tuple[str, P
     init = _cli("init --features 30 --data example/owner.csv --holdout example/holdout.csv "
                 "--allow-simulated --sim-root cipherloop-data/enclave/platform/sim-root.crt.pem",
                 env, cwd)
-    env["CIPHERLOOP_MODEL"] = re.findall(r"CIPHERLOOP_MODEL=(\S+)", init.stdout)[0]
+    assert "| tee init.log\nexport CIPHERLOOP_MODEL=$(sed -n 's/.*export CIPHERLOOP_MODEL=//p' " \
+        "init.log)" in README
+    env["CIPHERLOOP_MODEL"] = re.findall(r"export CIPHERLOOP_MODEL=(\S+)", init.stdout)[0]
     env["CONTRIBUTOR_TOKEN"] = _cli("token contributor", env, cwd).stdout.strip()
     up = _cli("upload example/new-samples.csv --token $CONTRIBUTOR_TOKEN", env, cwd)
     assert "260 samples (data)" in up.stdout and "ciphertexts" in up.stdout

@@ -77,6 +77,9 @@ schemathesis.serializer.alias("application/cbor", "application/octet-stream")
 CRYPTOGRAPHIC_BODIES = {
     "/v1/contexts", "/v1/models/{model_id}/versions", "/v1/models/{model_id}/uploads",
     "/v1/models/{model_id}/predict", "/v1/enclave/provision"}
+# One rule JSON Schema can't state: a model's preprocessing has one entry per feature
+# (``n_features``), which a random body almost never meets. Tested in test_strict_inputs.py.
+CROSS_FIELD_BODIES = {"/v1/models"}
 _bounded = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
                     phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=list(HealthCheck))
@@ -84,7 +87,7 @@ _bounded = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
 
 def _validate(case: Any, live: dict[str, Any], who: str) -> None:
     excluded = ([positive_data_acceptance] if case.method == "POST"
-                and case.operation.path in CRYPTOGRAPHIC_BODIES else [])
+                and case.operation.path in CRYPTOGRAPHIC_BODIES | CROSS_FIELD_BODIES else [])
     case.call_and_validate(base_url=live["url"], headers=dict(live["headers"][who]),
                            checks=list(CHECKS.get_all()), excluded_checks=excluded, timeout=60)
 

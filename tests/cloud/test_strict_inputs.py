@@ -138,6 +138,33 @@ def test_public_context_with_parameters_seal_refuses_is_unprocessable(
     assert _state(client, tenant, settings) == before
 
 
+@pytest.mark.parametrize("pre", [
+    {"mean": [0.0] * 3, "scale": [1.0] * 3}, {"mean": [0.0] * 4, "scale": [1.0] * 3},
+    {"mean": [0.0] * 4, "scale": [0.0] * 4}, {"mean": [1e300] * 4, "scale": [1.0] * 4}],
+    ids=["3 of 4 features", "lengths differ", "zero scale", "huge mean"])
+def test_preprocessing_out_of_shape_or_range_is_refused(
+        client: TestClient, settings: Settings, tenant: Tenant, pre: dict[str, Any]) -> None:
+    before = _state(client, tenant, settings)
+    r = client.post("/v1/models", headers=tenant.owner, json={
+        "name": "x", "context_id": tenant.context_id, "n_features": 4, "preprocessing": pre})
+    assert r.status_code == 422, r.text
+    assert _state(client, tenant, settings) == before
+
+
+def test_every_token_of_the_tenant_reads_the_preprocessing(client: TestClient,
+                                                           tenant: Tenant) -> None:
+    pre = {"kind": "standardize", "mean": [1.0, 2.0, 3.0, 4.0], "scale": [0.5, 1.0, 2.0, 4.0]}
+    m = client.post("/v1/models", headers=tenant.owner, json={
+        "name": "x", "context_id": tenant.context_id, "n_features": 4, "preprocessing": pre})
+    assert m.status_code == 201 and m.json()["preprocessing"] == pre
+    for role in ("contributor", "predict"):
+        r = client.get(f"/v1/models/{m.json()['id']}/preprocessing",
+                       headers=tenant.token(client, role))
+        assert r.json() == pre
+    plain = client.get(f"/v1/models/{tenant.model_id}/preprocessing", headers=tenant.owner)
+    assert plain.json() == {"kind": "none", "mean": [], "scale": []}
+
+
 def test_owner_cannot_revoke_its_last_owner_token(client: TestClient, tenant: Tenant) -> None:
     me = client.get("/v1/whoami", headers=tenant.owner).json()
     r = client.delete(f"/v1/tokens/{me['token_id']}", headers=tenant.owner)
