@@ -82,6 +82,10 @@ def test_readme_walkthrough_on_raw_csvs_matches_sklearn(terminal_1: tuple[str, P
     url, cwd = terminal_1
     env = {**os.environ, "CIPHERLOOP_SERVER": url, "CIPHERLOOP_ADMIN_TOKEN": ADMIN,
            "COLUMNS": "80"}
+    second = subprocess.run([CIPHERLOOP, "serve", "--data-dir", "cipherloop-data", "--port",
+                             str(free_port())], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 5 and "in use by another cipherloop service" in second.stderr
     _cli("sample-data --out example", env, cwd)
     assert '-d \'{"name": "clinic"}\'' in README and "/v1/admin/tenants" in README
     tenant = httpx.post(f"{url}/v1/admin/tenants", json={"name": "clinic"},
