@@ -60,6 +60,8 @@ class WorkerProcess:
         return self.proc is not None and self.proc.is_alive()
 
     def start(self) -> WorkerProcess:
+        # The worker asks for PR_SET_PDEATHSIG, which fires when the *thread* that started it
+        # ends: the main thread, or the supervisor's, which ends only at shutdown.
         ctx = multiprocessing.get_context("spawn")
         self.proc = ctx.Process(target=worker_main, args=(self.settings, os.getpid()),
                                 name="cipherloop-worker", daemon=False)

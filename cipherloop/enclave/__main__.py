@@ -20,14 +20,16 @@ from .framing import DEFAULT_MAX_FRAME
 from .server import EnclaveConfig, serve
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int, *, pdeathsig: bool) -> None:
     """Exit (as on SIGTERM) when the process that started the enclave dies, even by ``kill -9``.
 
     An orphaned enclave would keep every key in memory with nobody to stop
-    it. Linux delivers ``PR_SET_PDEATHSIG``; a poll of the parent pid covers
-    other systems and a parent that died before the ``prctl``.
+    it. A poll of the parent pid works everywhere; with ``pdeathsig`` Linux
+    also signals at once (``PR_SET_PDEATHSIG``), which fires when the
+    *thread* that started us ends, so the parent asks for it only from its
+    main thread.
     """
-    if sys.platform.startswith("linux"):
+    if pdeathsig and sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
 
@@ -51,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="also accept the unattested development key hand-over (tests only)")
     p.add_argument("--parent-pid", type=int,
                    help="exit when this process dies (the service or owner that started it)")
+    p.add_argument("--pdeathsig", action="store_true",
+                   help="with --parent-pid: also have Linux signal at once when the starting "
+                        "thread ends (start from the parent's main thread only)")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if a.parent_pid is not None:
-        _die_with_parent(a.parent_pid)
+        _die_with_parent(a.parent_pid, pdeathsig=a.pdeathsig)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s enclave %(levelname)s %(message)s")
     config = EnclaveConfig(a.socket, a.state_dir, a.max_frame, a.platform,
                            a.allow_local_provisioning)

@@ -192,6 +192,9 @@ class EnclaveProcess:
         cmd = [sys.executable, "-m", "cipherloop.enclave", "--socket", str(self.socket_path),
                "--state-dir", str(self.state_dir), "--platform", self.platform,
                "--parent-pid", str(self.parent_pid), *self.extra_args]
+        if (self.parent_pid == os.getpid()
+                and threading.current_thread() is threading.main_thread()):
+            cmd.append("--pdeathsig")  # Linux signals when *this thread* ends: main only
         if self.log_path:
             with open(self.log_path, "ab") as out:
                 self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL)

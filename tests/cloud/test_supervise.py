@@ -172,5 +172,9 @@ def test_a_killed_child_is_restarted_and_healthz_says_degraded_meanwhile(data_di
             after = _children(service)
             assert after[name] != before[name]
             assert read_lock_info(data_dir)["children"][name] == after[name]
+        # Children restarted by the supervisor (not the main thread) die with the service too.
+        everyone = service.descendants()
+        service.signal(signal.SIGKILL)
+        assert wait_for(lambda: not [p for p in everyone if pid_alive(p)], timeout=15)
     finally:
-        service.stop()
+        service.kill9()
