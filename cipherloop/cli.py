@@ -4,7 +4,8 @@ Runs in: owner (demo, keys, data) and host (enclave, serve).
 
 Exit codes: 0 success, 1 a cipherloop error (bad input, refused by the
 enclave or the service), 2 usage error, 3 the enclave or service could not
-be reached, 4 the enclave's evidence did not verify (no key was released).
+be reached, 4 the enclave's evidence did not verify (no key was released),
+5 ``serve``: another service already runs on this data directory.
 
 Settings that most commands share can come from the environment:
 ``CIPHERLOOP_SERVER`` (service URL), ``CIPHERLOOP_TOKEN`` (bearer token),
@@ -30,9 +31,28 @@ app = typer.Typer(
     "ciphertexts; a small enclave holds the key and does only what CKKS cannot.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help wraps at any width; rich's tables cut flag names
 )
-enclave_app = typer.Typer(help="Run or inspect the enclave process.", no_args_is_help=True)
+enclave_app = typer.Typer(help="Run or inspect the enclave process.", no_args_is_help=True,
+                          rich_markup_mode=None)
 app.add_typer(enclave_app, name="enclave")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"cipherloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """cipherloop: refine encrypted models in the cloud. The host computes on CKKS
+    ciphertexts; a small enclave holds the key and does only what CKKS cannot.
+    """
 
 console = Console()
 err_console = Console(stderr=True)
@@ -57,9 +77,10 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 DEFAULT_KEY = Path("cipherloop-owner.key")
 
 
-def _progress() -> Progress:
+def _progress(unit: str = "") -> Progress:
+    suffix = f" {unit}" if unit else ""
     return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                    TextColumn("{task.completed}/{task.total}" + suffix), TimeElapsedColumn(),
                     console=console)
 
 
@@ -127,16 +148,22 @@ def demo(
 @enclave_app.command("serve")
 def enclave_serve(
     socket: Annotated[Path, typer.Option(help="Unix socket path to listen on.")],
+    state_dir: Annotated[Path, typer.Option(
+        help="Platform state and sealed keys (kept across restarts).")] = Path("cipherloop-enclave"),
     platform: Annotated[str, typer.Option(help="sim, sgx or nitro.")] = "sim",
-    no_local_provisioning: Annotated[bool, typer.Option(
-        help="Accept attested key provisioning only.")] = False,
+    allow_local_provisioning: Annotated[bool, typer.Option(
+        "--allow-local-provisioning",
+        help="Also accept the unattested development key hand-over (tests only).")] = False,
 ) -> None:
-    """Run the enclave process in the foreground (same as ``python -m cipherloop.enclave``)."""
+    """Run the enclave process in the foreground (same as python -m cipherloop.enclave).
+
+    Keys arrive by attested provisioning only, unless --allow-local-provisioning.
+    """
     from .enclave.__main__ import main as enclave_main
 
-    args = ["--socket", str(socket), "--platform", platform]
-    if no_local_provisioning:
-        args.append("--no-local-provisioning")
+    args = ["--socket", str(socket), "--state-dir", str(state_dir), "--platform", platform]
+    if allow_local_provisioning:
+        args.append("--allow-local-provisioning")
     raise typer.Exit(enclave_main(args))
 
 
@@ -284,16 +311,23 @@ def serve(
 
     Needs CIPHERLOOP_ADMIN_TOKEN (16+ characters) in the environment for tenant
     creation. Embedded defaults: SQLite and a file blob store in --data-dir.
+    Runs in the foreground until SIGTERM or Ctrl-C; restarts its enclave and
+    worker if they die. One service per --data-dir (exit code 5 otherwise).
     """
     from .cloud.server import serve as run_service
     from .cloud.settings import Settings
+    from .cloud.supervise import EXIT_DATA_DIR_IN_USE, DataDirInUse
 
     try:
         settings = Settings.from_env(data_dir=data_dir, database_url=database_url, host=host,
                                      port=port)
     except (TypeError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    run_service(settings)
+    try:
+        run_service(settings)
+    except DataDirInUse as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_DATA_DIR_IN_USE) from None
 
 
 def _policy(trigger_samples: int | None, interval: float | None, epochs: int, lr: float,
@@ -303,51 +337,81 @@ def _policy(trigger_samples: int | None, interval: float | None, epochs: int, lr
             "release_metric": release_metric}
 
 
+DEFAULT_TRIGGER = 256
+
+
 @app.command()
 def init(
     features: Annotated[int, typer.Option(min=1, help="Number of features of the model.")],
+    data: Annotated[Path | None, typer.Option(
+        help="Your own labelled samples (CSV, label last): the standardisation and the "
+             "initial model are fitted on them, at home.")] = None,
+    holdout: Annotated[Path | None, typer.Option(
+        help="Hold-out set (CSV, label last) the enclave judges rounds on.")] = None,
     name: Annotated[str, typer.Option(help="Model name.")] = "model",
     key: KeyFile = DEFAULT_KEY,
     server: Server = DEFAULT_SERVER,
     token: Token = "",
     trigger_samples: Annotated[int | None, typer.Option(
-        help="Refine after this many new samples.")] = 256,
-    interval: Annotated[float | None, typer.Option(help="...or every this many seconds.")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs per round.")] = 5,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1.0,
-    momentum: Annotated[float, typer.Option(help="Nesterov momentum.")] = 0.9,
-    batch_size: Annotated[int | None, typer.Option(help="Mini-batch size (default: full batch).")] = None,
-    release_metric: Annotated[bool, typer.Option(help="Let the hold-out metric leave the enclave.")] = True,
+        min=1, help="Refine after this many new samples.")] = DEFAULT_TRIGGER,
+    interval: Annotated[float | None, typer.Option(
+        min=1.0, help="...or every this many seconds (with new data).")] = None,
+    epochs: Annotated[int, typer.Option(min=1, max=1000, help="Epochs per round.")] = 5,
+    lr: Annotated[float, typer.Option(min=1e-6, max=999.0, help="Learning rate.")] = 1.0,
+    momentum: Annotated[float, typer.Option(min=0.0, max=0.999, help="Nesterov momentum.")] = 0.9,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Mini-batch size (default: full batch).")] = None,
+    release_metric: Annotated[bool, typer.Option(
+        help="Let the hold-out metric leave the enclave.")] = True,
     initial: Annotated[Path | None, typer.Option(
-        help="Initial weights: .npy (coef, intercept last) or .npz (coef, intercept).")] = None,
-    holdout: Annotated[Path | None, typer.Option(help="Hold-out set (CSV/NPZ) to judge rounds.")] = None,
+        help="Initial weights on standardised features: .npy (coef, intercept last) or "
+             ".npz (coef, intercept). Default: fitted on --data, else zeros.")] = None,
+    standardize: Annotated[bool, typer.Option(
+        help="Standardise features with means and deviations of --data (or --holdout).")] = True,
     allow_simulated: AllowSim = False,
     sim_root: SimRoot = None,
     measurement: Measurements = None,
 ) -> None:
     """Set up a model in the service, then go offline.
 
-    Registers the public context, verifies the enclave and releases the key to it,
-    creates the model with its refinement policy, uploads the encrypted initial
-    model (and hold-out set). From then on the service refines on its own.
+    Checks your files, registers the public context, verifies the enclave and
+    releases the key to it, creates the model with its refinement policy and
+    preprocessing, uploads the encrypted initial model and hold-out set. If
+    any step fails, the half-made model is deleted again. From then on the
+    service refines on its own.
     """
     from .client.data import encrypt_batches, encrypt_model
     from .client.provisioning import holdout_pin, provision
     from .client.service import ServiceClient, ServiceError
+    from .client.tabular import Standardizer, check_width, load_xy
     from .enclave.policy import MAX_PINNED
     from .learn.wire import encode_samples
 
     secret = _read_key(key)
     verifier = _verifier(allow_simulated, sim_root, measurement)
-    coef, intercept = _initial_weights(initial, features)
-    enclave_policy = _enclave_policy(key)
-    hold = None
+    # Everything local is read and checked before the service is touched.
+    own = hold = None
+    if data is not None:
+        own = load_xy(data)
+        check_width(data, own[0], features)
     if holdout is not None:
+        hold = load_xy(holdout)
+        check_width(holdout, hold[0], features)
+    fit_on = own or hold
+    pre = Standardizer.fit(fit_on[0]) if standardize and fit_on is not None else None
+    if pre is None and standardize:
+        err_console.print("[yellow]warning:[/] no --data or --holdout to standardise on: "
+                          "raw features go in unscaled (fine only if already ~unit scale)")
+    coef, intercept = _initial_weights(initial, features, own, pre)
+    enclave_policy = _enclave_policy(key)
+    hold_batches = None
+    if hold is not None:
         # Encrypt once and pin exactly these batches: the enclave releases metrics only
         # about a hold-out set its owner pinned, never one the host chose.
-        hold = encrypt_batches(secret, *_load_xy(holdout, None))
-        pins = [p for p in enclave_policy.get("holdouts", []) if p != holdout_pin(*hold)]
-        enclave_policy["holdouts"] = [*pins[-(MAX_PINNED - 1):], holdout_pin(*hold)]
+        hold_batches = encrypt_batches(secret, _apply(pre, hold[0]), hold[1])
+        pin = holdout_pin(*hold_batches)
+        pins = [p for p in enclave_policy.get("holdouts", []) if p != pin]
+        enclave_policy["holdouts"] = [*pins[-(MAX_PINNED - 1):], pin]
     with ServiceClient(server, token) as svc:
         with console.status("registering the public context"):
             public = secret.public_context().serialize()
@@ -361,11 +425,17 @@ def init(
         _save_enclave_policy(key, enclave_policy)
         _print_evidence(verified)
         policy = _policy(trigger_samples, interval, epochs, lr, momentum, batch_size, release_metric)
-        model = svc.create_model(name, ctx["id"], features, policy)
-        svc.upload_version(model["id"], encrypt_model(secret, coef, intercept).to_bytes(secret))
-        if hold is not None:
-            svc.upload_samples(model["id"], encode_samples(*hold), holdout=True)
-    console.print(f"model [bold]{model['id']}[/] ready; the service refines it on its own.")
+        model = svc.create_model(name, ctx["id"], features, policy,
+                                 None if pre is None else pre.to_service())
+        try:
+            svc.upload_version(model["id"], encrypt_model(secret, coef, intercept).to_bytes(secret))
+            if hold_batches is not None:
+                svc.upload_samples(model["id"], encode_samples(*hold_batches), holdout=True)
+        except BaseException:
+            svc.delete_model(model["id"])  # nothing half-made stays behind
+            raise
+    console.print(f"model [bold]{model['id']}[/] ready; the service refines it on its own "
+                  f"after every {trigger_samples or '-'} new samples.")
     console.print(f"  export CIPHERLOOP_MODEL={model['id']}")
 
 
@@ -392,54 +462,49 @@ def _save_enclave_policy(key: Path, policy: dict[str, Any]) -> None:
     _enclave_policy_path(key).write_text(json.dumps(policy, indent=1) + "\n")
 
 
-def _initial_weights(path: Path | None, features: int) -> tuple[Any, float]:
+def _apply(pre: Any, X: Any) -> Any:
+    from .client.tabular import apply
+
+    return apply(pre, X)
+
+
+def _initial_weights(path: Path | None, features: int, own: tuple[Any, Any] | None,
+                     pre: Any) -> tuple[Any, float]:
+    """--initial as given; else logistic regression fitted at home on --data; else zeros.
+
+    On standardised inputs zeros is a neutral start (probability 1/2 for
+    everyone) that the first round moves quickly; a model fitted on the
+    owner's own samples starts where the owner already is.
+    """
     import numpy as np
 
     if path is None:
-        return np.zeros(features), 0.0
-    if path.suffix == ".npz":
-        doc = np.load(path)
-        coef, b = np.asarray(doc["coef"], dtype=float).ravel(), float(doc.get("intercept", 0.0))
-    else:
-        arr = np.asarray(np.load(path), dtype=float).ravel()
-        coef, b = arr[:-1], float(arr[-1])
-    if coef.shape[0] != features:
-        raise typer.BadParameter(f"{path} holds {coef.shape[0]} weights, not {features}")
-    return coef, b
+        if own is None or len(np.unique(own[1])) < 2:
+            return np.zeros(features), 0.0
+        from sklearn.linear_model import LogisticRegression
 
-
-def _load_xy(path: Path, label_column: int | None) -> tuple[Any, Any]:
-    """X and y from .npz (arrays X, y) or CSV (label in the last column by default)."""
-    import numpy as np
-
+        fitted = LogisticRegression(max_iter=1000).fit(_apply(pre, own[0]), own[1])
+        return np.asarray(fitted.coef_, dtype=float).ravel(), float(fitted.intercept_[0])
     try:
         if path.suffix == ".npz":
             doc = np.load(path)
-            return np.asarray(doc["X"], dtype=float), np.asarray(doc["y"], dtype=float)
-        data = np.genfromtxt(path, delimiter=",", dtype=float)
+            coef = np.asarray(doc["coef"], dtype=float).ravel()
+            b = float(doc["intercept"]) if "intercept" in doc else 0.0
+        else:
+            arr = np.asarray(np.load(path), dtype=float).ravel()
+            coef, b = arr[:-1], float(arr[-1])
     except (OSError, KeyError, ValueError) as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
-    if data.ndim == 1:
-        data = data.reshape(1, -1)
-    if np.isnan(data[0]).all():
-        data = data[1:]  # a header row
-    col = data.shape[1] - 1 if label_column is None else label_column
-    return np.delete(data, col, axis=1), data[:, col]
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--initial") from None
+    if coef.shape[0] != features:
+        raise typer.BadParameter(f"{path} holds {coef.shape[0]} weights, not {features}",
+                                 param_hint="--initial")
+    return coef, b
 
 
-def _load_x(path: Path) -> Any:
-    import numpy as np
+def _preprocessing(svc: Any, model: str) -> Any:
+    from .client.tabular import Standardizer
 
-    try:
-        if path.suffix == ".npy":
-            return np.asarray(np.load(path), dtype=float)
-        if path.suffix == ".npz":
-            return np.asarray(np.load(path)["X"], dtype=float)
-        data = np.genfromtxt(path, delimiter=",", dtype=float)
-    except (OSError, KeyError, ValueError) as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
-    data = data.reshape(1, -1) if data.ndim == 1 else data
-    return data[1:] if np.isnan(data[0]).all() else data
+    return Standardizer.from_service(svc.preprocessing(model))
 
 
 @app.command()
@@ -456,15 +521,20 @@ def upload(
 ) -> None:
     """Encrypt new samples and upload them; a contributor token is enough.
 
-    Contributors hold no key: the public context is fetched from the service and
-    the samples are encrypted with the public key before they leave.
+    Contributors hold no key: the public context and the model's
+    standardisation are fetched from the service, applied, and the samples
+    are encrypted with the public key before they leave.
     """
     from .ckks import PublicContext
     from .client.data import dataset_size, upload_body
     from .client.service import ServiceClient
+    from .client.tabular import check_width, load_xy
 
-    X, y = _load_xy(data, label_column)
+    X, y = load_xy(data, label_column)
     with ServiceClient(server, token) as svc:
+        pre = _preprocessing(svc, model)
+        if pre is not None:
+            check_width(data, X, len(pre.mean))
         if key is not None:
             ctx: Any = _read_key(key)
         else:
@@ -473,18 +543,34 @@ def upload(
                 raise typer.BadParameter("the tenant has several contexts; pass the owner's --key")
             with console.status("fetching the public context"):
                 ctx = PublicContext.load(svc.context_blob(rows[0]["id"]))
-        with _progress() as progress:
+        with _progress("ciphertexts") as progress:
             task = progress.add_task("encrypting", total=dataset_size(len(y), X.shape[1],
                                                                         ctx.params.slots))
-            body = upload_body(ctx, X, y, progress=lambda k: progress.advance(task, k))
+            body = upload_body(ctx, _apply(pre, X), y,
+                               progress=lambda k: progress.advance(task, k))
         with console.status(f"uploading {len(body) / 1e6:.1f} MB"):
             row = svc.upload_samples(model, body, holdout=holdout)
     console.print(f"upload {row['id']}: {row['n_samples']} samples ({row['kind']})")
 
 
+def _short(text: str | None, n: int = 8) -> str:
+    return "-" if not text else text[:n]
+
+
+def _metric(metrics: dict[str, Any] | None) -> str:
+    """``log_loss 0.123 -> 0.101`` (current -> candidate), or ``-``."""
+    if not metrics:
+        return "-"
+    name = metrics.get("metric", "")
+    cur, cand = metrics.get("current"), metrics.get("candidate")
+    if isinstance(cur, (int, float)) and isinstance(cand, (int, float)):
+        return f"{name} {cur:.3f}->{cand:.3f}"
+    return str(name) or "-"
+
+
 @app.command()
 def status(model: ModelId, server: Server = DEFAULT_SERVER, token: Token = "") -> None:
-    """Rounds, versions and their coarse metrics."""
+    """Rounds, versions, their coarse metrics, and samples until the next round."""
     from .client.service import ServiceClient
 
     with ServiceClient(server, token) as svc:
@@ -492,23 +578,33 @@ def status(model: ModelId, server: Server = DEFAULT_SERVER, token: Token = "") -
         versions = svc.versions(model)
         rounds = svc.rounds(model)
         uploads = svc.uploads(model)
-    console.print(f"model {m['name']} ({m['id']}), {m['n_features']} features, "
-                  f"current version {m['current_version_id']}")
+    policy = m["policy"]
     pending = sum(u["n_samples"] for u in uploads if u["kind"] == "data" and not u["round_id"])
-    console.print(f"uploads: {len(uploads)}, samples waiting for a round: {pending}")
-    t = Table(title="versions")
-    for col in ("#", "id", "parent", "round", "decision", "metrics", "created"):
-        t.add_column(col)
+    console.print(f"model {m['name']!r} ({m['id']})")
+    console.print(f"  {m['n_features']} features, preprocessing {m['preprocessing']['kind']}, "
+                  f"current version {_short(m['current_version_id'])}")
+    trigger = policy.get("trigger_min_samples")
+    every = policy.get("trigger_interval_s")
+    when = []
+    if trigger:
+        when.append(f"{max(0, trigger - pending)} more samples (trigger {trigger})")
+    if every:
+        when.append(f"every {every:g}s with new data")
+    console.print(f"  {pending} new samples waiting; next round: "
+                  f"{' or '.join(when) if when else 'only when started by hand'}")
+    t = Table(title="versions", width=min(80, console.width))
+    for col in ("#", "id", "round", "decision", "hold-out"):
+        t.add_column(col, no_wrap=True)
     for v in versions:
-        t.add_row(str(v["number"]), v["id"], str(v["parent_id"] or "-"), str(v["round_id"] or "-"),
-                  v["decision"], str(v["metrics"] or "-"), str(v["created_at"])[:19])
+        t.add_row(str(v["number"]), _short(v["id"]), _short(v["round_id"]), v["decision"],
+                  _metric(v["metrics"]))
     console.print(t)
-    r = Table(title="rounds")
-    for col in ("#", "state", "trigger", "attempts", "decision", "reason", "metrics"):
-        r.add_column(col)
+    r = Table(title="rounds", width=min(80, console.width))
+    for col in ("#", "state", "trigger", "tries", "decision", "note"):
+        r.add_column(col, no_wrap=col != "note", overflow="fold")
     for rd in rounds:
         r.add_row(str(rd["number"]), rd["state"], rd["trigger"], str(rd["attempts"]),
-                  str(rd["decision"] or "-"), rd["reason"] or (rd["error"] or ""), str(rd["metrics"] or "-"))
+                  str(rd["decision"] or "-"), rd["reason"] or rd["error"] or "")
     console.print(r)
 
 
@@ -519,9 +615,14 @@ def pull(
     key: KeyFile = DEFAULT_KEY,
     server: Server = DEFAULT_SERVER,
     token: Token = "",
-    out: Annotated[Path | None, typer.Option(help="Write coef and intercept to this .npz.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write coef and intercept (on raw features) to this .npz.")] = None,
 ) -> None:
-    """Download a model version and decrypt it at home."""
+    """Download a model version and decrypt it at home.
+
+    The weights are printed and saved on raw features: the model's
+    standardisation is folded in, so they apply to your CSV columns directly.
+    """
     import numpy as np
 
     from .client.data import decrypt_model
@@ -534,7 +635,10 @@ def pull(
         if vid is None:
             raise typer.BadParameter("the model has no version yet")
         blob = svc.version_blob(model, vid)
+        pre = _preprocessing(svc, model)
     coef, b = decrypt_model(secret, EncryptedModel.from_bytes(secret, blob))
+    if pre is not None:
+        coef, b = pre.fold(coef, b)
     console.print(f"version {vid}: intercept {b:+.4f}, coef {np.array2string(coef, precision=4)}")
     if out is not None:
         np.savez(out, coef=coef, intercept=b)
@@ -543,26 +647,44 @@ def pull(
 
 @app.command()
 def predict(
-    data: Annotated[Path, typer.Argument(help="Features: CSV, .npy or .npz (array X).")],
+    data: Annotated[Path, typer.Argument(help="Features: CSV (no label column), .npy or .npz (X).")],
     model: ModelId,
     key: KeyFile = DEFAULT_KEY,
     server: Server = DEFAULT_SERVER,
     token: Token = "",
     version: Annotated[str | None, typer.Option(help="Version id (default: current).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write probabilities to this CSV.")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="True 0/1 labels (CSV, one per line) to print the accuracy against.")] = None,
 ) -> None:
-    """Encrypted inference: encrypt features, the service scores them, decrypt at home."""
+    """Encrypted inference: encrypt features, the service scores them, decrypt at home.
+
+    The model's standardisation is fetched and applied before encrypting.
+    """
     import numpy as np
 
     from .client.data import decrypt_scores, encrypt_features
     from .client.service import ServiceClient
+    from .client.tabular import check_width, load_x
 
     secret = _read_key(key)
-    X = _load_x(data)
-    with ServiceClient(server, token) as svc, console.status("scoring on ciphertexts"):
-        raw = svc.predict(model, encrypt_features(secret, X).to_bytes(), version_id=version)
+    X = load_x(data)
+    with ServiceClient(server, token) as svc:
+        pre = _preprocessing(svc, model)
+        if pre is not None:
+            check_width(data, X, len(pre.mean))
+        with console.status("scoring on ciphertexts"):
+            raw = svc.predict(model, encrypt_features(secret, _apply(pre, X)).to_bytes(),
+                              version_id=version)
     z = decrypt_scores(secret, raw)
     p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+    if labels is not None:
+        truth = load_x(labels).ravel()
+        if truth.shape[0] != p.shape[0]:
+            raise typer.BadParameter(f"{labels} has {truth.shape[0]} labels for {p.shape[0]} "
+                                     f"samples", param_hint="--labels")
+        console.print(f"accuracy {np.mean((p > 0.5) == (truth > 0.5)):.3f} "
+                      f"on {len(p)} samples")
     if out is not None:
         np.savetxt(out, p, delimiter=",", fmt="%.6f")
         console.print(f"{len(p)} probabilities written to {out}")
@@ -573,6 +695,46 @@ def predict(
             console.print(f"... {len(p) - 20} more (use --out)")
 
 
+@app.command()
+def token(
+    role: Annotated[str, typer.Argument(help="contributor (upload only) or predict (inference only).")],
+    label: Annotated[str, typer.Option(help="A note to tell tokens apart.")] = "",
+    server: Server = DEFAULT_SERVER,
+    owner_token: Token = "",
+) -> None:
+    """Issue a contributor or predict token (needs the owner token); prints it once.
+
+    Hand a contributor token to whoever uploads data: it can upload samples
+    for your models and read the public context, nothing else.
+    """
+    from .client.service import ServiceClient
+
+    if role not in ("contributor", "predict"):
+        raise typer.BadParameter("role must be contributor or predict", param_hint="ROLE")
+    with ServiceClient(server, owner_token) as svc:
+        row = svc.create_token(role, label)
+    typer.echo(row["token"])  # plain: scripts capture it
+
+
+@app.command("sample-data")
+def sample_data(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV files.")] = Path("cipherloop-example"),
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+) -> None:
+    """Write scikit-learn's breast-cancer data as raw CSVs for the README walkthrough.
+
+    owner.csv (80 labelled samples the owner keeps), holdout.csv (80, judged
+    on by the enclave), new-samples.csv (260, a contributor's), patients.csv
+    (149, features only) and patients-labels.csv (their true labels). Raw,
+    unscaled features with a header line; the label is the last column.
+    """
+    from . import demo as demo_mod
+
+    paths = demo_mod.write_sample_csvs(out, seed=seed)
+    for path in paths:
+        console.print(f"wrote {path}")
+
+
 @enclave_app.command("measure")
 def enclave_measure() -> None:
     """Print the measurement this installation's enclave code has, for owners' allowlists."""
@@ -581,12 +743,32 @@ def enclave_measure() -> None:
     typer.echo(local_measurement())  # plain, unwrapped: scripts capture it
 
 
+def _explain(exc: Any) -> str:
+    """A service refusal in words that name the fix."""
+    status, detail, path = exc.status, exc.detail, exc.path
+    if status == 401:
+        return ("the service did not accept the token (401). Pass --token or set CIPHERLOOP_TOKEN: "
+                "the owner token (from the admin's POST /v1/admin/tenants) for init, status, "
+                "pull and predict; a contributor token for upload.")
+    if status == 403:
+        return (f"this token's role may not do that (403: {detail}). init, status, pull and "
+                f"hold-out uploads need the owner token; upload takes a contributor or owner "
+                f"token; predict a predict or owner token.")
+    if status == 404:
+        return (f"not found (404): {path}. Check --model / CIPHERLOOP_MODEL (init prints the model "
+                f"id) and that the token belongs to the tenant that made it.")
+    return f"the service refused ({status}): {detail}"
+
+
 def main() -> None:
     """Entry point: map cipherloop errors to exit codes with a one-line message."""
-    from .client.service import ServiceUnavailable
+    from .client.service import ServiceError, ServiceUnavailable
 
     try:
         app(standalone_mode=True)
+    except ServiceError as exc:
+        err_console.print(f"[red]error:[/] {_explain(exc)}")
+        sys.exit(EXIT_ERROR)
     except (EnclaveUnavailable, ServiceUnavailable) as exc:
         err_console.print(f"[red]error:[/] {exc}")
         sys.exit(EXIT_UNAVAILABLE)

@@ -91,6 +91,44 @@ def split(config: DemoConfig) -> DemoData:
                     [(X_tr[c], y_tr[c]) for c in chunks])
 
 
+SAMPLE_SPLIT = {"owner": 80, "holdout": 80, "new-samples": 260}
+
+
+def sample_split(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Raw breast-cancer data cut the README's way: owner, hold-out, new samples, patients.
+
+    Stratified, deterministic for a seed; the patients are the remaining 149.
+    """
+    X, y = load_breast_cancer(return_X_y=True)
+    y = y.astype(np.float64)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, n in SAMPLE_SPLIT.items():
+        X_take, X, y_take, y = train_test_split(X, y, train_size=n, random_state=seed, stratify=y)
+        out[name] = (X_take, y_take)
+    out["patients"] = (X, y)
+    return out
+
+
+def write_sample_csvs(folder: Path, *, seed: int = 0) -> list[Path]:
+    """Write :func:`sample_split` as CSVs with a header line (label last; patients unlabelled)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [n.replace(" ", "_") for n in load_breast_cancer().feature_names]
+    written = []
+    for name, (X, y) in sample_split(seed).items():
+        if name == "patients":
+            written.append(_write_csv(folder / "patients.csv", names, X))
+            written.append(_write_csv(folder / "patients-labels.csv", ["label"], y[:, None]))
+        else:
+            written.append(_write_csv(folder / f"{name}.csv", [*names, "label"],
+                                      np.column_stack([X, y])))
+    return written
+
+
+def _write_csv(path: Path, header: list[str], rows: np.ndarray) -> Path:
+    np.savetxt(path, rows, delimiter=",", fmt="%.10g", header=",".join(header), comments="")
+    return path
+
+
 def accuracy(w: np.ndarray, b: float, data: tuple[np.ndarray, np.ndarray]) -> float:
     X, y = data
     return float(np.mean((X @ w + b > 0) == (y > 0.5)))
@@ -219,13 +257,32 @@ def plot(results: list[RoundResult], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     rounds = [r.round for r in results]
-    ax.plot(rounds, [r.encrypted_accuracy for r in results], "o-",
-            label="encrypted, refined by the service")
-    ax.plot(rounds, [r.plaintext_accuracy for r in results], "s--", label="plaintext, same algorithm")
+    enc = [r.encrypted_accuracy for r in results]
+    plain = [r.plaintext_accuracy for r in results]
+    # The two lines coincide when CKKS noise is small: the plaintext one is drawn first,
+    # thick and pale, the encrypted one on top, thin with hollow markers, so both show.
+    ax.plot(rounds, plain, "-", color="tab:orange", linewidth=5, alpha=0.45,
+            label="plaintext, same algorithm", zorder=2)
+    ax.plot(rounds, enc, "--", color="tab:blue", linewidth=1.5,
+            label="encrypted, refined by the service", zorder=3)
+    marks = {"promote": ("^", "tab:green", "promoted"), "keep": ("x", "tab:red", "kept")}
+    for decision, (marker, color, text) in marks.items():
+        pts = [(r.round, r.encrypted_accuracy) for r in results if r.decision == decision]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.scatter(xs, ys, marker=marker, s=70, color=color, zorder=4,
+                       facecolors="none" if marker == "^" else color,
+                       label=f"round's candidate {text}")
+    others = [(r.round, r.encrypted_accuracy) for r in results if r.decision not in marks]
+    if others:
+        xs, ys = zip(*others, strict=True)
+        ax.scatter(xs, ys, marker="o", s=40, color="tab:blue", zorder=4,
+                   facecolors="none", label="owner's initial model")
+    ax.set_xticks(rounds)
     ax.set_xlabel("refinement round (0 = owner's initial model)")
     ax.set_ylabel("test accuracy of the current model")
     ax.set_title("cipherloop: autonomous encrypted refinement (breast cancer)")
-    ax.set_ylim(max(0.0, min(r.encrypted_accuracy for r in results) - 0.05), 1.0)
+    ax.set_ylim(max(0.0, min(enc + plain) - 0.05), 1.005)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

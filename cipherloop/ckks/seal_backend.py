@@ -29,9 +29,13 @@ _SHM = Path("/dev/shm")
 
 
 def _scratch_dir() -> Path:
-    """A private folder for SEAL's path-only (de)serialisation, in RAM where possible."""
+    """A private folder for SEAL's path-only (de)serialisation, in RAM where possible.
+
+    Named after this process, so that folders a killed process left behind
+    can be told apart and swept (``cipherloop.cloud.supervise.sweep_stale``).
+    """
     base = _SHM if _SHM.is_dir() and os.access(_SHM, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="cipherloop-", dir=base))
+    return Path(tempfile.mkdtemp(prefix=f"cipherloop-{os.getpid()}-", dir=base))
 
 
 class _Scratch:

@@ -21,10 +21,11 @@ from ..errors import CipherloopError
 class ServiceError(CipherloopError):
     """The service refused a request (4xx/5xx); ``status`` is the HTTP status."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, *, path: str = "") -> None:
         super().__init__(f"service answered {status}: {detail}")
         self.status = status
         self.detail = detail
+        self.path = path
 
 
 class ServiceUnavailable(CipherloopError):
@@ -71,9 +72,12 @@ class ServiceClient:
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)
-            except ValueError:
+            except (ValueError, AttributeError):
                 detail = r.text
-            raise ServiceError(r.status_code, str(detail)[:500])
+            if isinstance(detail, list):  # schema checks: "where: what" for each
+                detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: "
+                                   f"{d.get('msg', '')}" for d in detail if isinstance(d, dict))
+            raise ServiceError(r.status_code, str(detail)[:500], path=path)
         return r
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -126,9 +130,20 @@ class ServiceClient:
         return self._send("GET", f"/v1/contexts/{context_id}/blob").content
 
     def create_model(self, name: str, context_id: str, n_features: int,
-                     policy: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._json("POST", "/v1/models", json={
-            "name": name, "context_id": context_id, "n_features": n_features, "policy": policy}))
+                     policy: dict[str, Any],
+                     preprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "context_id": context_id,
+                                "n_features": n_features, "policy": policy}
+        if preprocessing is not None:
+            body["preprocessing"] = preprocessing
+        return dict(self._json("POST", "/v1/models", json=body))
+
+    def delete_model(self, model_id: str) -> None:
+        self._send("DELETE", f"/v1/models/{model_id}")
+
+    def preprocessing(self, model_id: str) -> dict[str, Any]:
+        """What to apply to raw features before encrypting (any of the tenant's tokens)."""
+        return dict(self._json("GET", f"/v1/models/{model_id}/preprocessing"))
 
     def model(self, model_id: str) -> dict[str, Any]:
         return dict(self._json("GET", f"/v1/models/{model_id}"))

@@ -10,15 +10,18 @@ Errors of every layer reach the client through one exception handler as
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import (
@@ -42,6 +45,7 @@ from .refiner import Refiner
 from .relay import PROVISIONING_FAILED, EnclaveLink, Relay
 from .routes import contexts, models, predict, rounds, tenants, uploads
 from .routes import enclave as enclave_routes
+from .schemas import ErrorOut
 from .settings import Settings
 
 log = logging.getLogger("cipherloop.cloud")
@@ -92,19 +96,65 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def handle_invalid_request(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422 for a malformed request, without the ``input`` it would echo.
+    """FastAPI's 422 for a malformed request, as :class:`ErrorOut`: no ``input`` echoed.
 
     A request field may carry a token, a challenge or an envelope; the
-    error names the field (``loc``) and the rule, never the value.
+    error names the field (``loc``) and the rule (``msg``, ``type``), never the value.
     """
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    detail = [{k: v for k, v in e.items() if k != "input"} for e in errors]
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+               "type": str(e.get("type", ""))} for e in errors]
     return JSONResponse({"detail": jsonable_encoder(detail)},
                         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+def _allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """Every method some route serves at ``path``, from the OpenAPI paths (cached per app)."""
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = []
+        for template, ops in app.openapi().get("paths", {}).items():
+            pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+            table.append((re.compile(f"^{pattern}$"), {m.upper() for m in ops}))
+        app.state.allow_table = table
+    return {m for pattern, methods in table if pattern.match(path) for m in methods}
+
+
+async def handle_http_error(request: Request, exc: Exception) -> Response:
+    """HTTP errors as :class:`ErrorOut`; a 405 lists every method the path allows.
+
+    Starlette answers 405 from the first route whose path matched, so its
+    ``Allow`` header names only that route's methods even when other routes
+    on the same path take others.
+    """
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        allowed = _allowed_methods(request.app, request.url.path)
+        if allowed:
+            headers["Allow"] = ", ".join(sorted(allowed))
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+# Documented on every route: what each error status means; the body is always ErrorOut.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text} for code, text in (
+        (400, "Refused: bad input the schema can't express, or a refused provisioning session"),
+        (401, "Missing or invalid bearer token (WWW-Authenticate: Bearer)"),
+        (403, "The token's role may not do this (the detail names the role needed)"),
+        (404, "No such id for this tenant (a foreign id looks the same)"),
+        (409, "Conflicts with the current state (e.g. a round is already running)"),
+        (413, "The request body is over the service's size limit"),
+        (422, "The request is malformed: a list of failed schema checks, or one message for "
+              "refused ciphertexts, layouts, shapes or keys"),
+        (503, "The enclave or the database is unavailable; retry later"),
+    )
+}
+
+
 def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = None,
-               enclave: EnclaveLink | None = None) -> FastAPI:
+               enclave: EnclaveLink | None = None,
+               health: Callable[[], Mapping[str, str]] | None = None) -> FastAPI:
     """The service's ASGI application.
 
     Parameters
@@ -119,6 +169,9 @@ def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = 
         The enclave that attested provisioning is relayed to (an
         :class:`~cipherloop.learn.EnclaveClient`); without one, the
         ``/v1/enclave`` endpoints answer 503.
+    health : callable, optional
+        ``{child: "up" | "down"}`` of the supervised processes; ``/healthz``
+        answers 503 ``degraded`` while any is down.
 
     Returns
     -------
@@ -140,7 +193,7 @@ def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = 
     blobs = BlobStore(settings.blob_dir)
     services = Services(settings=settings, sessions=make_sessionmaker(db), blobs=blobs,
                         contexts=ContextCache(blobs, size=settings.context_cache),
-                        refiner=refiner, relay=Relay(enclave))
+                        refiner=refiner, relay=Relay(enclave), health=health or dict)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -153,11 +206,13 @@ def create_app(settings: Settings, *, refiner: Refiner, engine: Engine | None = 
         version=__version__,
         summary="Refines encrypted models on its own as encrypted data arrives.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.services = services
     for kind in (CipherloopError, Conflict, BlobCorrupted, OperationalError, OSError):
         app.add_exception_handler(kind, handle_error)
     app.add_exception_handler(RequestValidationError, handle_invalid_request)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     for module in (tenants, contexts, models, uploads, rounds, predict, enclave_routes):
         app.include_router(module.router)

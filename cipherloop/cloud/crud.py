@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,7 @@ from .db import (
     Decision,
     Model,
     Policy,
+    Preprocessing,
     Role,
     Round,
     RoundState,
@@ -116,6 +117,13 @@ def revoke_token(session: Session, *, tenant_id: str, token_id: str,
     if row is None:
         return None
     if row.revoked_at is None:
+        if row.role == Role.OWNER.value:
+            owners = session.scalar(select(func.count(Token.id)).where(
+                Token.tenant_id == tenant_id, Token.role == Role.OWNER.value,
+                Token.revoked_at.is_(None)))
+            if (owners or 0) <= 1:
+                raise Conflict("this is the tenant's last owner token: issue another owner token "
+                               "first (the admin can: POST /v1/admin/tenants/{id}/owner-tokens)")
         row.revoked_at = now or utcnow()
         session.commit()
     return row
@@ -201,15 +209,65 @@ def _policy_row(*, tenant_id: str, model_id: str, number: int, policy: RefinePol
 
 
 def create_model(session: Session, *, tenant_id: str, context_id: str, name: str,
-                 n_features: int, policy: RefinePolicy) -> Model:
-    """A model bound to one of the tenant's contexts, with its first policy revision."""
+                 n_features: int, policy: RefinePolicy,
+                 preprocessing: dict[str, Any] | None = None) -> Model:
+    """A model bound to one of the tenant's contexts, with its first policy revision.
+
+    ``preprocessing`` (``kind``, ``mean``, ``scale``) is stored with it, in
+    the same transaction, and never changes.
+    """
     model = Model(tenant_id=tenant_id, context_id=context_id, name=name, n_features=n_features,
                   policy_seq=1)
     session.add(model)
     session.flush()
     session.add(_policy_row(tenant_id=tenant_id, model_id=model.id, number=1, policy=policy))
+    if preprocessing is not None:
+        session.add(Preprocessing(tenant_id=tenant_id, model_id=model.id, **preprocessing))
     session.commit()
     return model
+
+
+def get_preprocessing(session: Session, *, tenant_id: str, model_id: str) -> Preprocessing | None:
+    return session.scalars(select(Preprocessing).where(
+        Preprocessing.tenant_id == tenant_id, Preprocessing.model_id == model_id)).first()
+
+
+def delete_model(session: Session, *, tenant_id: str, model_id: str) -> bool:
+    """Delete a model and every row of it; ``False`` if there is no such model.
+
+    References among its rows (versions' parents, rounds' hold-out and base,
+    uploads' rounds) are cleared first, so the deletes never trip a foreign key.
+
+    Raises
+    ------
+    Conflict
+        One of its rounds is running.
+    """
+    model = get_model(session, tenant_id=tenant_id, model_id=model_id)
+    if model is None:
+        return False
+    mine = (Round.tenant_id == tenant_id, Round.model_id == model_id)
+    if session.scalar(select(func.count(Round.id)).where(
+            *mine, Round.state == RoundState.RUNNING.value)):
+        raise Conflict("a round of this model is running; delete it once the round ends")
+    try:
+        model.current_version_id = None
+        session.flush()
+        session.execute(update(Upload).where(Upload.tenant_id == tenant_id,
+                                             Upload.model_id == model_id).values(round_id=None))
+        session.execute(update(Round).where(*mine).values(holdout_id=None, base_version_id=None))
+        session.execute(update(Version).where(Version.tenant_id == tenant_id,
+                                              Version.model_id == model_id)
+                        .values(parent_id=None, round_id=None, policy_id=None))
+        for table in (Upload, Version, Round, Policy, Preprocessing):
+            session.execute(delete(table).where(table.tenant_id == tenant_id,
+                                                table.model_id == model_id))
+        session.delete(model)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return True
 
 
 def get_model(session: Session, *, tenant_id: str, model_id: str) -> Model | None:

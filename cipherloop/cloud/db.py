@@ -309,6 +309,26 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Preprocessing(Base):
+    """What the owner fixed at ``init`` that turns raw features into the model's inputs.
+
+    Standardisation (``(x - mean) / scale`` per feature) fitted on the
+    owner's data; contributors and predict clients apply it before they
+    encrypt. Plaintext by design: the README says what it reveals to whom.
+    """
+
+    __tablename__ = "preprocessing"
+    __table_args__ = (
+        _tenant_fk("model_id", "models", name="fk_preprocessing_model", ondelete="CASCADE"),
+    )
+
+    model_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    mean: Mapped[list[float]] = mapped_column(JSON)
+    scale: Mapped[list[float]] = mapped_column(JSON)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     cur = dbapi_connection.cursor()
     try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -38,6 +38,8 @@ class Services:
     contexts: ContextCache
     refiner: Refiner
     relay: Relay
+    health: Callable[[], Mapping[str, str]] = field(default=dict)
+    """``{child: "up" | "down"}`` of the processes ``serve`` supervises ({} without any)."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def descendants(pid: int) -> list[int]:
+    """Pids of all live descendants of ``pid``, read from ``/proc`` (Linux)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if fields[0] == "Z":
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 class ServiceProcess:
     """One service process on ``127.0.0.1``; a context manager.
 
@@ -88,6 +111,17 @@ class ServiceProcess:
                 self.stop()
                 raise ServiceStartError(f"the service did not come up; see {self.log_path}")
             time.sleep(0.1)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the service's main process only (as systemd or a shell would)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def descendants(self) -> list[int]:
+        """Pids of every process below the service's main one (its enclave and worker)."""
+        if self.proc is None:
+            return []
+        return descendants(self.proc.pid)
 
     def kill9(self) -> None:
         """SIGKILL the whole process group: server, worker and enclave die mid-whatever."""

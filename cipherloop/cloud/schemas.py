@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from .policy import RefinePolicy
 
@@ -24,12 +24,44 @@ class _Out(BaseModel):
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Bounds that every stored number respects (and that fit a 32-bit integer column).
+MAX_COUNT = 1_000_000_000
+MAX_INTERVAL_S = 10 * 365 * 24 * 3600.0
+_B64_32 = r"^[A-Za-z0-9+/]{43}=$"
+_B64_16 = r"^[A-Za-z0-9+/]{22}==$"
+_B64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$"
+MAX_ENVELOPE_B64 = 1 << 20
+
+
+# -------------------------------------------------------------------------- errors
+class ValidationItem(BaseModel):
+    loc: list[str | int] = Field(description="where in the request: path, query or body field")
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: ``detail`` is one message, or the list of failed request checks.
+
+    Route checks (a refused ciphertext, a missing id, a conflict) send a
+    string; schema validation of the request sends the list (422 only).
+    Neither ever echoes the submitted value.
+    """
+
+    detail: str | list[ValidationItem]
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    """``ok`` (HTTP 200) when every supervised process is up; ``degraded`` (HTTP 503) otherwise."""
+
+    status: Literal["ok", "degraded"] = "ok"
     version: str
+    children: dict[str, Literal["up", "down"]] = Field(
+        default_factory=dict,
+        description="the processes the service supervises (enclave, worker) and their state")
 
 
 # --------------------------------------------------------------- tenants and tokens
@@ -94,13 +126,17 @@ class EnclaveInfo(BaseModel):
 class AttestIn(_In):
     """The owner's challenge. Sizes and encoding are checked by the route (422), not echoed."""
 
-    nonce: str = Field(description="base64 of 32 fresh random bytes")
-    session_id: str = Field(description="base64 of 16 random bytes")
+    nonce: str = Field(description="base64 of 32 fresh random bytes", min_length=44,
+                       max_length=44, pattern=_B64_32)
+    session_id: str = Field(description="base64 of 16 random bytes", min_length=24,
+                            max_length=24, pattern=_B64_16)
 
 
 class ProvisionIn(_In):
-    session_id: str = Field(description="base64 of the 16-byte session id the offer answered")
-    envelope: str = Field(description="base64 of the HPKE envelope sealed to the attested key")
+    session_id: str = Field(description="base64 of the 16-byte session id the offer answered",
+                            min_length=24, max_length=24, pattern=_B64_16)
+    envelope: str = Field(description="base64 of the HPKE envelope sealed to the attested key",
+                          min_length=4, max_length=MAX_ENVELOPE_B64, pattern=_B64)
 
 
 class ProvisionedKey(BaseModel):
@@ -111,16 +147,16 @@ class ProvisionedKey(BaseModel):
 class PolicyIn(_In):
     """The owner's refinement policy (see :class:`~cipherloop.cloud.policy.RefinePolicy`)."""
 
-    trigger_min_samples: int | None = Field(default=None, ge=1)
-    trigger_interval_s: float | None = Field(default=None, gt=0)
+    trigger_min_samples: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    trigger_interval_s: float | None = Field(default=None, gt=0, le=MAX_INTERVAL_S)
     epochs: int = Field(default=1, ge=1, le=1000)
-    batch_size: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     learning_rate: float = Field(default=1.0, gt=0, lt=1000)
     lr_schedule: Literal["constant", "decay"] = "constant"
     lr_decay: float = Field(default=1.0, gt=0, le=1)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     metric: Literal["log_loss", "accuracy"] = "log_loss"
-    release_metric: bool = False
+    release_metric: StrictBool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyIn:
@@ -147,12 +183,57 @@ class PolicyPublic(_Out):
     created_at: datetime
 
 
+# ------------------------------------------------------------------- preprocessing
+MAX_ABS_MEAN = 1e12
+MIN_SCALE, MAX_SCALE = 1e-12, 1e12
+
+
+class PreprocessingIn(_In):
+    """Standardisation the owner fitted on its own data: ``(x - mean) / scale`` per feature.
+
+    Contributors and predict clients apply it before encrypting. Plaintext:
+    the service and every token holder of the tenant can read the means and
+    standard deviations.
+    """
+
+    kind: Literal["standardize"] = "standardize"
+    mean: list[float] = Field(min_length=1, max_length=16384)
+    scale: list[float] = Field(min_length=1, max_length=16384)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PreprocessingIn:
+        if len(self.mean) != len(self.scale):
+            raise ValueError("mean and scale must have one entry per feature")
+        if not all(abs(m) <= MAX_ABS_MEAN for m in self.mean):
+            raise ValueError(f"every mean must be within +-{MAX_ABS_MEAN:g}")
+        if not all(MIN_SCALE <= v <= MAX_SCALE for v in self.scale):
+            raise ValueError(f"every scale must be in [{MIN_SCALE:g}, {MAX_SCALE:g}]")
+        return self
+
+
+class PreprocessingPublic(_Out):
+    """``kind`` ``none``: raw features go in as they are (``mean`` and ``scale`` empty)."""
+
+    kind: Literal["none", "standardize"]
+    mean: list[float]
+    scale: list[float]
+
+
 # -------------------------------------------------------------------------- models
 class ModelCreate(_In):
     name: str = Name
-    context_id: str
-    n_features: int = Field(ge=1, le=65536)
+    context_id: str = Field(min_length=1, max_length=64)
+    n_features: int = Field(ge=1, le=16384, description=(
+        "at most the context's slot count (4096 for n8192, 8192 for n16384); 422 otherwise"))
     policy: PolicyIn = Field(default_factory=PolicyIn)
+    preprocessing: PreprocessingIn | None = Field(
+        default=None, description="fixed for the model's life; one entry per feature")
+
+    @model_validator(mode="after")
+    def _one_entry_per_feature(self) -> ModelCreate:
+        if self.preprocessing is not None and len(self.preprocessing.mean) != self.n_features:
+            raise ValueError("preprocessing must have one mean and scale per feature")
+        return self
 
 
 class ModelPublic(_Out):
@@ -162,11 +243,12 @@ class ModelPublic(_Out):
     n_features: int
     current_version_id: str | None
     policy: PolicyPublic
+    preprocessing: PreprocessingPublic
     created_at: datetime
 
 
 class CurrentVersionSet(_In):
-    version_id: str
+    version_id: str = Field(min_length=1, max_length=64)
 
 
 class VersionPublic(_Out):

@@ -66,9 +66,16 @@ class Settings:
     lease_s : float
         A running round whose heartbeat is older than this is redone.
     max_attempts : int
-        Attempts per round when the enclave is unavailable before it fails.
+        Kept for compatibility; infrastructure faults (an unavailable, dead or
+        hung enclave, a dead worker) never fail a round: it is retried.
     retry_backoff_s : float
-        Wait before retrying a round that met an unavailable enclave.
+        Wait before the first retry of a round that met an unavailable
+        enclave; doubled at every further attempt.
+    retry_backoff_max_s : float
+        The longest wait between such retries.
+    restart_backoff_s : float
+        Wait before restarting a dead enclave or worker; doubled at every
+        failure in a row (up to 30 s).
     worker_id : str
         Stable name of this worker; on start it redoes rounds it left running.
         Workers sharing one database need distinct ids (a round of another
@@ -93,6 +100,8 @@ class Settings:
     lease_s: float = 60.0
     max_attempts: int = 3
     retry_backoff_s: float = 5.0
+    retry_backoff_max_s: float = 60.0
+    restart_backoff_s: float = 0.5
     worker_id: str = "local"
     run_worker: bool = True
     enclave_address: str | None = None
@@ -106,7 +115,8 @@ class Settings:
             )
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
-        if self.poll_interval_s <= 0 or self.lease_s <= 0 or self.retry_backoff_s < 0:
+        if (self.poll_interval_s <= 0 or self.lease_s <= 0 or self.retry_backoff_s < 0
+                or self.retry_backoff_max_s < self.retry_backoff_s or self.restart_backoff_s < 0):
             raise ValueError("poll_interval_s and lease_s must be positive")
         if self.max_attempts < 1 or self.context_cache < 1:
             raise ValueError("max_attempts and context_cache must be at least 1")

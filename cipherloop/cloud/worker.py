@@ -12,9 +12,11 @@ rounds through their states:
   version row, the round's verdict and (on promotion) the model's current
   pointer are written in one transaction -- a version is never half-written;
 * ``running -> failed``: an error the owner must look at (they may retry);
-* ``running -> pending``: the enclave was unreachable (retried with
-  backoff), or the worker died: on start a worker redoes every round it left
-  running, and any worker redoes a round whose heartbeat went stale.
+* ``running -> pending``: an infrastructure fault, never the owner's: the
+  enclave was unreachable, died or timed out (retried with exponential
+  backoff, without limit -- ``serve`` restarts the enclave), or the worker
+  died: on start a worker redoes every round it left running, and any worker
+  redoes a round whose heartbeat went stale.
 
 A crash or ``kill -9`` at any point therefore loses nothing: an upload is
 either committed (and will be used) or was never acknowledged, and a round
@@ -24,11 +26,9 @@ is either done, or will run again from the start.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import FrameType
@@ -45,6 +45,7 @@ from .db import Round, make_engine, make_sessionmaker, utcnow
 from .keys import ContextCache
 from .refiner import LearnRefiner, Refiner, RoundSpec, SampleSet
 from .settings import Settings
+from .supervise import die_with_parent
 
 log = logging.getLogger("cipherloop.cloud.worker")
 
@@ -159,6 +160,11 @@ class Worker:
             if ran is None:
                 stop.wait(self.settings.poll_interval_s)
 
+    def retry_delay(self, attempt: int) -> float:
+        """Wait before the next try of a round an infrastructure fault interrupted."""
+        s = self.settings
+        return float(min(s.retry_backoff_max_s, s.retry_backoff_s * 2 ** max(0, attempt - 1)))
+
     # -- one round -----------------------------------------------------------
     def _samples(self, sha256: str) -> SampleSet:
         features, labels = decode_samples(self.blobs.read(sha256),
@@ -176,14 +182,13 @@ class Worker:
                             clock=self.clock):
                 self._run_round(rnd, owner)
         except EnclaveUnavailable as exc:
+            # The enclave died, hung or restarts: not the owner's failure. The round goes back
+            # to the queue, to run again once the supervisor has the enclave back.
+            delay = self.retry_delay(attempt)
+            log.warning("round %s: enclave unavailable; retry in %.1fs", rnd.id, delay)
             with self.sessions() as s:
-                if attempt < self.settings.max_attempts:
-                    delay = self.settings.retry_backoff_s * attempt
-                    log.warning("round %s: enclave unavailable; retry in %.0fs", rnd.id, delay)
-                    crud.retry_later(s, error=str(exc),
-                                     not_before=self.clock() + timedelta(seconds=delay), **owner)
-                else:
-                    crud.fail_round(s, error=str(exc), now=self.clock(), **owner)
+                crud.retry_later(s, error=str(exc),
+                                 not_before=self.clock() + timedelta(seconds=delay), **owner)
         except CipherloopError as exc:
             log.warning("round %s failed: %s", rnd.id, exc)
             with self.sessions() as s:
@@ -230,14 +235,6 @@ class Worker:
                      version.decision, version.number)
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Die when the server process dies, even by ``kill -9`` (no orphaned workers)."""
-    while True:
-        if os.getppid() != parent_pid:
-            os._exit(1)
-        time.sleep(1.0)
-
-
 def worker_main(settings: Settings, parent_pid: int | None = None) -> None:
     """Entry point of the worker process: build everything from settings, run until stopped.
 
@@ -250,8 +247,6 @@ def worker_main(settings: Settings, parent_pid: int | None = None) -> None:
     """
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s worker %(levelname)s %(message)s")
-    if parent_pid is not None:
-        threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     stop = threading.Event()
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -259,6 +254,8 @@ def worker_main(settings: Settings, parent_pid: int | None = None) -> None:
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
+    if parent_pid is not None:  # no orphaned workers, even after ``kill -9`` of the server
+        die_with_parent(parent_pid)
     engine = make_engine(settings.db_url)
     blobs = BlobStore(settings.blob_dir)
     enclave = None if settings.enclave_address is None else EnclaveClient(

@@ -139,14 +139,18 @@ class EnclaveClient:
 class EnclaveProcess:
     """Starts ``python -m cipherloop.enclave`` as a separate OS process and stops it.
 
-    Use as a context manager; :attr:`client` talks to it.
+    Use as a context manager; :attr:`client` talks to it. :meth:`start` may be
+    called again after the process died (a supervisor restarts it on the same
+    socket path; the enclave restores its sealed keys on its own).
+    ``parent_pid`` makes the enclave exit when that process dies, even by
+    ``kill -9`` (the current process by default).
     """
 
     def __init__(self, *, state_dir: str | os.PathLike[str] | None = None,
                  socket_path: str | os.PathLike[str] | None = None,
                  platform: str = "sim", startup_timeout: float = 60.0,
                  extra_args: Sequence[str] = (), log_path: str | os.PathLike[str] | None = None,
-                 timeout: float = 300.0) -> None:
+                 timeout: float = 300.0, parent_pid: int | None = None) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cipherloop-enclave-")
@@ -158,18 +162,41 @@ class EnclaveProcess:
         self.extra_args = list(extra_args)
         self.log_path = log_path
         self.timeout = timeout
+        self.parent_pid = os.getpid() if parent_pid is None else parent_pid
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = EnclaveClient(self.socket_path, timeout=timeout)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        """Whether the process runs (a dead one is reaped here)."""
+        return self.proc is not None and self.proc.poll() is None
 
     def __repr__(self) -> str:
         pid = self.proc.pid if self.proc else None
         return f"EnclaveProcess(pid={pid}, socket={str(self.socket_path)!r})"
 
     def start(self) -> EnclaveProcess:
+        if self.alive():
+            raise EnclaveUnavailable("the enclave process is already running")
+        self.client.close()  # a connection to a dead predecessor, if any
+        # Whatever still listens on this path is not ours: unlinked, it can't be reached, so
+        # the hello below can only be answered by the process started here.
+        self.socket_path.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "cipherloop.enclave", "--socket", str(self.socket_path),
-               "--state-dir", str(self.state_dir), "--platform", self.platform, *self.extra_args]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+               "--state-dir", str(self.state_dir), "--platform", self.platform,
+               "--parent-pid", str(self.parent_pid), *self.extra_args]
+        if (self.parent_pid == os.getpid()
+                and threading.current_thread() is threading.main_thread()):
+            cmd.append("--pdeathsig")  # Linux signals when *this thread* ends: main only
+        if self.log_path:
+            with open(self.log_path, "ab") as out:
+                self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        else:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:

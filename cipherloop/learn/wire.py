@@ -8,6 +8,8 @@ names it (the service's idempotency key).
 
 from __future__ import annotations
 
+import io
+
 import cbor2
 
 from ..ckks import CiphertextBatch
@@ -22,6 +24,25 @@ def encode_samples(features: CiphertextBatch, labels: CiphertextBatch) -> bytes:
                               "labels": labels.to_bytes()}))
 
 
+def require_one_cbor_item(body: bytes) -> None:
+    """Refuse a body that is not exactly one CBOR item (trailing bytes included).
+
+    ``cbor2.loads`` stops after the first item and ignores the rest; bytes
+    after a valid body would be stored and hashed unseen.
+
+    Raises
+    ------
+    InvalidCiphertext
+    """
+    fp = io.BytesIO(body)
+    try:
+        cbor2.CBORDecoder(fp).decode()
+    except Exception:
+        raise InvalidCiphertext("not a CBOR body (malformed or truncated)") from None
+    if fp.tell() != len(body):
+        raise InvalidCiphertext("trailing bytes after the CBOR body")
+
+
 def decode_samples(body: bytes, *, max_bytes: int) -> tuple[CiphertextBatch, CiphertextBatch]:
     """Split a sample upload into its two batches.
 
@@ -30,6 +51,7 @@ def decode_samples(body: bytes, *, max_bytes: int) -> tuple[CiphertextBatch, Cip
     InvalidCiphertext
         The body is not a sample upload, or a batch inside it is malformed.
     """
+    require_one_cbor_item(body)
     try:
         doc = cbor2.loads(body)
         if not isinstance(doc, dict) or doc.get("format") != SAMPLES_FORMAT:
@@ -39,5 +61,7 @@ def decode_samples(body: bytes, *, max_bytes: int) -> tuple[CiphertextBatch, Cip
             raise ValueError
     except Exception:
         raise InvalidCiphertext("not a sample upload (malformed or truncated)") from None
+    require_one_cbor_item(features)
+    require_one_cbor_item(labels)
     return (CiphertextBatch.from_bytes(features, max_bytes=max_bytes),
             CiphertextBatch.from_bytes(labels, max_bytes=max_bytes))

@@ -9,6 +9,7 @@ scripted (no enclave). Tests using the real refiner and enclave are in
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,17 @@ class FakeRefiner(LearnRefiner):
         candidate = current.with_parts(coef=current.coef + current.coef)
         return RoundResult(candidate.to_bytes(context), self.decision, "fake verdict",
                            self.metrics, {"n_data": len(data)})
+
+
+def wait_for(what: Callable[[], Any], *, timeout: float, step: float = 0.05) -> Any:
+    """Poll ``what`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("timed out waiting")
 
 
 def b64(data: bytes) -> str:
@@ -242,7 +254,9 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", "/v1/models", "owner", "create", "model_create"),
     _r("GET", "/v1/models", "owner", "list"),
     _r("GET", "/v1/models/{model_id}", "owner", "id"),
+    _r("DELETE", "/v1/models/{model_id}", "owner", "id"),
     _r("GET", "/v1/models/{model_id}/policy", "owner", "id"),
+    _r("GET", "/v1/models/{model_id}/preprocessing", "owner contributor predict", "id"),
     _r("PUT", "/v1/models/{model_id}/policy", "owner", "id", "policy"),
     _r("POST", "/v1/models/{model_id}/versions", "owner", "id", "model"),
     _r("GET", "/v1/models/{model_id}/versions", "owner", "id"),
@@ -272,7 +286,10 @@ class World:
     headers: dict[str, dict[str, str]]
 
     def path(self, route: Route, **override: str) -> str:
-        return route.path.format(**{**self.ids, **override})
+        ids = dict(self.ids)
+        if route.id == "DELETE /v1/models/{model_id}":  # deletes: aim at the spare model
+            ids["model_id"] = ids["spare_model_id"]
+        return route.path.format(**{**ids, **override})
 
     def body(self, route: Route, *, version_id: str | None = None) -> dict[str, Any]:
         """Request keyword arguments for a valid body of ``route`` made by this tenant."""
@@ -305,6 +322,8 @@ def build_world(client: TestClient, keys: Keys, *, name: str) -> World:
         r = client.post("/v1/tokens", json={"role": role}, headers=t.owner)
         headers[role] = bearer(r.json()["token"])
     spare = client.post("/v1/tokens", json={"role": "predict", "label": "spare"}, headers=t.owner)
+    spare_model = client.post("/v1/models", headers=t.owner, json={
+        "name": "spare", "context_id": t.context_id, "n_features": N_FEATURES}).json()
     m = t.model_id
     up = client.post(f"/v1/models/{m}/uploads", content=keys.samples(20, seed=1),
                      headers=headers["contributor"]).json()
@@ -318,7 +337,8 @@ def build_world(client: TestClient, keys: Keys, *, name: str) -> World:
     assert rnd["state"] == "done", rnd
     ids = {"tenant_id": t.id, "context_id": t.context_id, "model_id": m,
            "version_id": rnd["candidate_version_id"], "upload_id": up["id"],
-           "holdout_id": hold["id"], "round_id": rnd["id"], "token_id": spare.json()["id"]}
+           "holdout_id": hold["id"], "round_id": rnd["id"], "token_id": spare.json()["id"],
+           "spare_model_id": spare_model["id"]}
     return World(keys, ids, headers)
 
 

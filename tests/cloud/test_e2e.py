@@ -28,6 +28,7 @@ from cipherloop.ckks import CiphertextBatch, Diagonals, SecretContext, preset, r
 from cipherloop.client.data import decrypt_model, encrypt_batches, encrypt_dataset, encrypt_model
 from cipherloop.client.provisioning import holdout_pin, provision, simulated_policy
 from cipherloop.cloud.process import ServiceProcess
+from cipherloop.cloud.supervise import read_lock_info
 from cipherloop.errors import EnclaveUnavailable
 from cipherloop.learn import EnclaveClient, EnclaveProcess, EncryptedModel
 from cipherloop.learn.wire import encode_samples
@@ -116,9 +117,9 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
         short_dir: Path, owner: SecretContext, data: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = data
     data_dir = short_dir / "data"
-    sock = data_dir.resolve() / "enclave" / "enclave.sock"
     service = ServiceProcess(data_dir, admin_token=ADMIN, poll_interval_s=0.1,
                              env={"CIPHERLOOP_LOG_LEVEL": "info"}).start()
+    sock = Path(read_lock_info(data_dir)["enclave_socket"])  # a fresh path per start
     try:
         root = data_dir.resolve() / "enclave" / "platform" / "sim-root.crt.pem"
         assert "SIMULATED TEE" in service.log() and str(root) in service.log()
@@ -148,6 +149,8 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
 
         service = ServiceProcess(data_dir, admin_token=ADMIN, poll_interval_s=0.1,
                              env={"CIPHERLOOP_LOG_LEVEL": "info"}).start()
+        assert Path(read_lock_info(data_dir)["enclave_socket"]) != sock  # never the old path
+        sock = Path(read_lock_info(data_dir)["enclave_socket"])
         # A new enclave process, serving the tenant's key from sealed storage: nobody provisioned.
         assert owner.key_id in EnclaveClient(sock, timeout=30).hello()["keys"]
         c = httpx.Client(base_url=service.url, timeout=120)

@@ -121,8 +121,8 @@ def test_challenge_of_the_wrong_size_is_unprocessable(setup: Setup, nonce: str,
     r = setup.client.post("/v1/enclave/attest", headers=setup.owners["A"],
                           json={"nonce": nonce, "session_id": session})
     assert r.status_code == 422
-    assert r.json()["detail"] in ("nonce must be base64 of 32 bytes",
-                                  "session_id must be base64 of 16 bytes")
+    (err,) = r.json()["detail"]  # the schema's own size check, naming the field, not the value
+    assert err["loc"][-1] in ("nonce", "session_id") and nonce not in r.text
 
 
 def test_envelope_for_another_session_is_refused(setup: Setup, keys: Keys) -> None:
@@ -150,7 +150,8 @@ def test_malformed_envelope_field_is_not_echoed(setup: Setup) -> None:
     secretish = "c2VjcmV0" * 40 + "!"
     r = setup.client.post("/v1/enclave/provision", headers=setup.owners["A"],
                           json={"session_id": b64(bytes(16)), "envelope": secretish})
-    assert (r.status_code, r.json()) == (422, {"detail": "envelope must be non-empty base64"})
+    assert r.status_code == 422 and secretish not in r.text
+    assert [e["loc"] for e in r.json()["detail"]] == [["body", "envelope"]]
     wrong_type = setup.client.post("/v1/enclave/provision", headers=setup.owners["A"],
                                    json={"session_id": b64(bytes(16)), "envelope": [secretish]})
     assert wrong_type.status_code == 422 and secretish not in wrong_type.text

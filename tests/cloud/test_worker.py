@@ -185,17 +185,26 @@ def test_round_of_a_worker_that_stopped_beating_is_taken_over(
     assert done is not None and done.state == "done" and done.worker_id == "node-b"
 
 
-def test_unreachable_enclave_retries_then_fails(client: TestClient, keys: Keys,
-                                               refiner: FakeRefiner) -> None:
+def test_unreachable_enclave_is_an_infrastructure_fault_retried_with_backoff(
+        client: TestClient, keys: Keys, refiner: FakeRefiner) -> None:
     t = make_tenant(client, keys, policy={"trigger_min_samples": 1})
     _upload(client, t, 20, 1)
     refiner.error = EnclaveUnavailable("enclave is not reachable")
-    worker = _worker(client, max_attempts=2)
-    first = worker.tick()
-    assert first is not None and first.state == "pending" and first.attempts == 1
-    second = worker.tick()
-    assert second is not None and second.state == "failed"
-    assert second.error == "enclave is not reachable"
+    clock = [utcnow()]
+    worker = _worker(client, max_attempts=2, retry_backoff_s=1.0, retry_backoff_max_s=3.0,
+                     clock=lambda: clock[0])
+    waits = []
+    for attempt in range(1, 5):  # past max_attempts: not the owner's failure, never "failed"
+        rnd = worker.tick()
+        assert rnd is not None and rnd.state == "pending" and rnd.attempts == attempt
+        assert rnd.error == "enclave is not reachable"
+        waits.append((rnd.not_before - clock[0]).total_seconds())
+        assert worker.tick() is None  # not due before its backoff
+        clock[0] = rnd.not_before
+    assert waits == [1.0, 2.0, 3.0, 3.0]  # doubling, capped
+    refiner.error = None
+    done = worker.tick()
+    assert done is not None and done.state == "done" and done.attempts == 5
 
 
 def test_failed_round_keeps_its_data_and_the_owner_can_retry(

@@ -12,11 +12,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from ...ckks import PublicContext
 from .. import crud
 from ..deps import AnyRoleDep, OwnerDep, ServicesDep, SessionDep, read_body
 from ..schemas import ContextPublic
-from ..wire import BINARY
+from ..wire import BINARY, load_public_context
 from . import binary_body, binary_response, not_found
 
 router = APIRouter(tags=["contexts"])
@@ -35,7 +34,7 @@ async def register_context(request: Request, response: Response, principal: Owne
     body = await read_body(request, limit=services.settings.max_body_bytes)
 
     def store() -> tuple[ContextPublic, bool]:
-        context = PublicContext.load(body)
+        context = load_public_context(body)
         existing = crud.context_by_key(session, key_id=context.key_id)
         if existing is not None:
             if existing.tenant_id != principal.tenant_id:

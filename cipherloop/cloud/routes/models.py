@@ -16,19 +16,27 @@ from ...errors import ShapeError
 from .. import crud
 from ..blobs import sha256_hex
 from ..db import Model, Version
-from ..deps import OwnerDep, ServicesDep, SessionDep, read_body
+from ..deps import AnyRoleDep, OwnerDep, ServicesDep, SessionDep, read_body
 from ..schemas import (
     CurrentVersionSet,
     ModelCreate,
     ModelPublic,
     PolicyIn,
     PolicyPublic,
+    PreprocessingPublic,
     VersionPublic,
 )
-from ..wire import BINARY
+from ..wire import BINARY, check_model_layouts
 from . import binary_body, binary_response, model_or_404, not_found
 
 router = APIRouter(tags=["models"])
+
+
+def preprocessing_public(session: Session, model: Model) -> PreprocessingPublic:
+    row = crud.get_preprocessing(session, tenant_id=model.tenant_id, model_id=model.id)
+    if row is None:
+        return PreprocessingPublic(kind="none", mean=[], scale=[])
+    return PreprocessingPublic.model_validate(row)
 
 
 def model_public(session: Session, model: Model) -> ModelPublic:
@@ -36,7 +44,9 @@ def model_public(session: Session, model: Model) -> ModelPublic:
     assert policy is not None
     return ModelPublic(id=model.id, name=model.name, context_id=model.context_id,
                        n_features=model.n_features, current_version_id=model.current_version_id,
-                       policy=PolicyPublic.model_validate(policy), created_at=model.created_at)
+                       policy=PolicyPublic.model_validate(policy),
+                       preprocessing=preprocessing_public(session, model),
+                       created_at=model.created_at)
 
 
 def version_public(session: Session, version: Version) -> VersionPublic:
@@ -67,8 +77,24 @@ def create_model(body: ModelCreate, principal: OwnerDep, session: SessionDep) ->
         raise ShapeError(f"at most {slots} features fit this context's parameters")
     model = crud.create_model(session, tenant_id=principal.tenant_id, context_id=context.id,
                               name=body.name, n_features=body.n_features,
-                              policy=body.policy.to_policy())
+                              policy=body.policy.to_policy(),
+                              preprocessing=None if body.preprocessing is None
+                              else body.preprocessing.model_dump())
     return model_public(session, model)
+
+
+@router.delete("/v1/models/{model_id}", status_code=status.HTTP_204_NO_CONTENT,
+               response_class=Response)
+def delete_model(model_id: str, principal: OwnerDep, session: SessionDep) -> Response:
+    """Delete a model with its versions, policy revisions, uploads and rounds (owner only).
+
+    For undoing a set-up that went wrong (``cipherloop init`` does so itself).
+    409 while one of its rounds is running. Stored ciphertext blobs stay (other
+    rows may name the same bytes).
+    """
+    if not crud.delete_model(session, tenant_id=principal.tenant_id, model_id=model_id):
+        raise not_found()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/v1/models")
@@ -83,6 +109,18 @@ def get_model(model_id: str, principal: OwnerDep, session: SessionDep) -> ModelP
     """One model, its current version and the policy in force (owner only)."""
     return model_public(session, model_or_404(session, tenant_id=principal.tenant_id,
                                               model_id=model_id))
+
+
+@router.get("/v1/models/{model_id}/preprocessing")
+def get_preprocessing(model_id: str, principal: AnyRoleDep,
+                      session: SessionDep) -> PreprocessingPublic:
+    """What to apply to raw features before encrypting them (any of the tenant's tokens).
+
+    Contributors apply it to the samples they upload, predict clients to the
+    features they score; ``kind`` ``none`` means raw features.
+    """
+    return preprocessing_public(session, model_or_404(session, tenant_id=principal.tenant_id,
+                                                      model_id=model_id))
 
 
 @router.get("/v1/models/{model_id}/policy")
@@ -128,6 +166,7 @@ async def upload_version(model_id: str, request: Request, response: Response,
         seen = crud.find_version(session, tenant_id=tenant_id, model_id=model_id, sha256=digest)
         if seen is not None:
             return version_public(session, seen), False
+        check_model_layouts(body)
         ctx = services.contexts.get(context.sha256)
         services.refiner.check_model(ctx, body, n_features=model.n_features)
         services.blobs.put(body)

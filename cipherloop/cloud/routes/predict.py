@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...ckks import CiphertextBatch
+from ...learn.wire import require_one_cbor_item
 from .. import crud
 from ..deps import PredictorDep, ServicesDep, SessionDep, read_body
 from ..wire import BINARY
@@ -46,6 +47,7 @@ async def predict(model_id: str, request: Request, principal: PredictorDep,
     body = await read_body(request, limit=limit)
 
     def run() -> bytes:
+        require_one_cbor_item(body)
         features = CiphertextBatch.from_bytes(body, max_bytes=limit)
         ctx = services.contexts.get(context.sha256)
         scores = services.refiner.predict(ctx, services.blobs.read(version.sha256), features)

@@ -8,12 +8,15 @@ inference only) and revokes them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse
 
 from ... import __version__
 from .. import crud
 from ..db import Role
-from ..deps import AdminDep, OwnerDep, PrincipalDep, SessionDep
+from ..deps import AdminDep, OwnerDep, PrincipalDep, ServicesDep, SessionDep
 from ..schemas import (
     Health,
     TenantCreate,
@@ -29,10 +32,20 @@ from . import not_found
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["health"])
-def health() -> Health:
-    """Liveness: the process serves HTTP."""
-    return Health(version=__version__)
+@router.get("/healthz", tags=["health"], response_model=Health, responses={
+    503: {"model": Health, "description": "degraded: a supervised process is down (restarting)"}})
+def health(services: ServicesDep) -> Any:
+    """200 ``ok`` when the service and every process it supervises are up.
+
+    503 ``degraded`` while the enclave or the round worker is down (the
+    service restarts it with backoff); ``children`` says which.
+    """
+    children = {k: "up" if v == "up" else "down" for k, v in services.health().items()}
+    body = Health(status="ok" if all(v == "up" for v in children.values()) else "degraded",
+                  version=__version__, children=children)  # type: ignore[arg-type]
+    if body.status == "ok":
+        return body
+    return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 @router.post("/v1/admin/tenants", status_code=status.HTTP_201_CREATED, tags=["admin"])
