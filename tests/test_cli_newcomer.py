@@ -121,7 +121,8 @@ def test_failed_init_leaves_no_model_behind(service: ServiceProcess, tmp_path: P
 
     # A file of the wrong width is refused before the service is touched.
     wide = _cli(*args, "--holdout", str(tmp_path / "wide.csv"), env=env)
-    assert wide.returncode == 1 and "8 feature columns, the model has 4" in wide.stderr
+    said = " ".join(wide.stderr.split())  # rich wraps at 80 columns, wherever the path ends
+    assert wide.returncode == 1 and "8 feature columns, the model has 4" in said
 
     # A failure after the model exists: the model is deleted again.
     def refuse(self: ServiceClient, *a: object, **k: object) -> dict[str, object]:
