@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from enclavekit import provision_sim
 from realparts import under_ci
-from sklearn.datasets import load_breast_cancer
-from sklearn.preprocessing import StandardScaler
 
 from cipherloop.ckks import PublicContext, SecretContext, preset, rotations_for_features
 from cipherloop.learn import EnclaveProcess
@@ -26,6 +24,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    # Imported here: scikit-learn takes a second to import, and most test runs need no data set.
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import StandardScaler
+
     X, y = load_breast_cancer(return_X_y=True)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from cipherloop.ckks import SecretContext
-from cipherloop.client.provisioning import provision, simulated_policy
 from cipherloop.learn import EnclaveProcess
 
 
 def provision_sim(proc: EnclaveProcess, key: SecretContext,
                   policy: dict[str, object] | None = None) -> str:
     """Attested provisioning against the simulated TEE (simulation explicitly allowed)."""
+    # Imported here: cipherloop.client pulls in scikit-learn (a second), which most
+    # enclave tests -- and every mutation-test run of them -- never need.
+    from cipherloop.client.provisioning import provision, simulated_policy
+
     verified = provision(proc.client, key, simulated_policy(proc.state_dir), policy=policy,
                          quiet_simulation=True)
     assert verified.simulated

@@ -10,6 +10,7 @@ in its message, repr and args, and must not chain to a lower error that could.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +57,11 @@ def _texts(exc: BaseException) -> list[str]:
     return [str(exc), repr(exc), *(repr(a) for a in exc.args), *(repr(v) for v in vars(exc).values())]
 
 
+@functools.lru_cache(maxsize=16)
+def _forms(blob: bytes) -> tuple[str, str]:
+    return blob.hex(), base64.b64encode(blob).decode()
+
+
 def _leaks(text: str, blob: bytes) -> bool:
     """Whether ``text`` holds WINDOW consecutive bytes of ``blob`` as raw bytes, hex or base64.
 
@@ -65,7 +71,7 @@ def _leaks(text: str, blob: bytes) -> bool:
     raw = re.sub(rb"[ -~]{4,}", b"\x00", text.encode("utf-8", "surrogateescape"))
     if any(raw[i:i + WINDOW] in blob for i in range(len(raw) - WINDOW + 1)):
         return True
-    hexed, b64 = blob.hex(), base64.b64encode(blob).decode()
+    hexed, b64 = _forms(blob)
     tokens = re.findall(rf"[0-9A-Za-z+/=_-]{{{2 * WINDOW},}}", text)
     return any(t.lower() in hexed or t in b64 for t in tokens)
 
