@@ -281,14 +281,16 @@ def test_no_secret_reaches_logs_reprs_or_exception_text(
     provision.store_sealed(sim, sealed_path, key)
     sealed = sealed_path.read_bytes()
     changed = SimPlatform(sim.state_dir, measurement=bytes(48))
-    attempts: list[Callable[[], object]] = [
-        lambda: provision.accept(state, envelope),  # spent state
-        lambda: provision.load_sealed(changed, sealed_path),  # other measurement
-        lambda: provision.accept(_wrap_for(sim, sim_policy, small_key)[1], envelope),  # other key
+    attempts: list[tuple[Callable[[], object], type[Exception]]] = [
+        (lambda: provision.accept(state, envelope), ProvisioningFailed),  # spent state
+        (lambda: provision.load_sealed(changed, sealed_path), KeyMaterialError),  # other measurement
+        (lambda: provision.accept(_wrap_for(sim, sim_policy, small_key)[1], envelope),
+         ProvisioningFailed),  # another session's key
     ]
-    for attempt in attempts:
-        with pytest.raises(Exception) as info:
+    for attempt, kind in attempts:
+        with pytest.raises(kind) as info:
             attempt()
+        assert type(info.value) is kind
         texts += [str(info.value), repr(info.value)]
         assert info.value.__cause__ is None
 
