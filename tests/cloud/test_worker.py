@@ -1,6 +1,8 @@
 """The round worker: triggers, verdicts, lineage, and recovery from crashes.
 
-These use the FAKE refiner (scripted verdicts, no enclave; see cloudkit). A
+These use the FAKE refiner (scripted verdicts, no enclave; see cloudkit): what
+they test does not depend on the round's content. The worker with the real
+round (LearnRefiner and a real enclave) is in ``test_worker_real.py``. A
 crash is simulated by :class:`cloudkit.Crash`, a ``BaseException`` no code
 catches -- the round is left exactly as ``kill -9`` would leave it. The real
 process-level ``kill -9`` test is in ``test_e2e.py``.
