@@ -10,7 +10,7 @@ import pytest
 from enclavekit import provision_sim
 from realparts import under_ci
 
-from cipherloop.ckks import PublicContext, SecretContext, preset, rotations_for_features
+from cipherloop.ckks import CkksParams, PublicContext, SecretContext, preset, rotations_for_features
 from cipherloop.learn import EnclaveProcess
 
 
@@ -32,6 +32,12 @@ def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))
     return StandardScaler().fit_transform(X)[order], y[order].astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def small_key() -> SecretContext:
+    """A real but small CKKS key (N=4096): enough to provision, fast to make."""
+    return SecretContext.generate(CkksParams(4096, (40, 20, 40), 20))
 
 
 @pytest.fixture(scope="session")

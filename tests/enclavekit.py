@@ -17,3 +17,13 @@ def provision_sim(proc: EnclaveProcess, key: SecretContext,
                          quiet_simulation=True)
     assert verified.simulated
     return key.key_id
+
+
+class Clock:
+    """Injected time (seconds) for the release budget: tests move it by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -1,0 +1,158 @@
+"""The enclave's request dispatch, in-process: operation names, argument types, error replies.
+
+Fast unit tests of ``Enclave.handle`` and the provisioning sessions it keeps
+(``cipherloop/enclave/server.py``), on the simulated platform with real keys; the same
+requests over the real socket to the real process are in ``test_enclave.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cipherloop.ckks import CiphertextBatch, Replicated, SecretContext
+from cipherloop.enclave import framing
+from cipherloop.enclave.keystore import KeyEntry, KeyStore
+from cipherloop.enclave.policy import Policy
+from cipherloop.enclave.server import Enclave, EnclaveConfig
+from cipherloop.errors import EnclaveError, ProvisioningFailed
+
+
+@pytest.fixture
+def enclave(tmp_path: Path) -> Enclave:
+    """The enclave's dispatch, in this process, on the simulated platform."""
+    return Enclave(EnclaveConfig(socket_path=tmp_path / "e.sock", state_dir=tmp_path / "state"))
+
+
+def _error(reply: dict[str, Any]) -> tuple[str, str]:
+    assert reply["ok"] is False and "result" not in reply
+    return reply["error"]["type"], reply["error"]["message"]
+
+
+@pytest.mark.parametrize("msg", [{"op": "nope"}, {"op": 5}, {}, {"op": None}, {"op": ["hello"]}])
+def test_unknown_operation(enclave: Enclave, msg: dict[str, Any]) -> None:
+    assert _error(enclave.handle(msg)) == ("EnclaveError", "unknown operation")
+
+
+@pytest.mark.parametrize("args", [[1], "x", 3, b"args"])
+def test_args_must_be_a_map(enclave: Enclave, args: Any) -> None:
+    assert _error(enclave.handle({"op": "hello", "args": args})) == (
+        "EnclaveError", "request args must be a map")
+
+
+def test_hello_answers_without_args(enclave: Enclave) -> None:
+    reply = enclave.handle({"op": "hello"})
+    assert reply["ok"] is True
+    result = reply["result"]
+    assert result["protocol"] == framing.PROTOCOL
+    assert result["platform"] == "sim"
+    assert result["keys"] == []
+    assert result["measurement"] == enclave.platform.measurement().hex()
+
+
+def test_a_refusal_carries_its_type_and_message(enclave: Enclave) -> None:
+    reply = enclave.handle({"op": "refresh", "args": {"key_id": "0" * 32, "batches": []}})
+    assert _error(reply) == ("EnclaveError", "no key with this id is provisioned")
+
+
+def test_an_unexpected_crash_is_an_opaque_internal_error(tmp_path: Path) -> None:
+    class Exploding(KeyStore):
+        def get(self, key_id: object) -> KeyEntry:
+            raise RuntimeError(f"decrypted value 0.73 for {key_id!r}")
+
+    enclave = Enclave(EnclaveConfig(socket_path=tmp_path / "s", state_dir=tmp_path / "st"),
+                      keys=Exploding())
+    reply = enclave.handle({"op": "refresh", "args": {"key_id": "k", "batches": []}})
+    assert _error(reply) == ("EnclaveError", "internal error")
+
+
+def test_local_provisioning_is_off_unless_configured(tmp_path: Path, small_key: SecretContext) -> None:
+    off = Enclave(EnclaveConfig(socket_path=tmp_path / "a", state_dir=tmp_path / "sa"))
+    msg = {"op": "provision_local", "args": {"secret": small_key.export_secret()}}
+    assert _error(off.handle(msg))[0] == "EnclaveError"
+    assert off.keys.key_ids() == []
+    on = Enclave(EnclaveConfig(socket_path=tmp_path / "b", state_dir=tmp_path / "sb",
+                               allow_local_provisioning=True))
+    reply = on.handle({"op": "provision_local",
+                       "args": {"secret": small_key.export_secret(), "policy": {"min_samples": 3}}})
+    assert reply == {"ok": True, "result": {"key_id": small_key.key_id}}
+    assert on.keys.get(small_key.key_id).policy.min_samples == 3
+    assert on.handle({"op": "hello"})["result"]["keys"] == [small_key.key_id]
+    bad = on.handle({"op": "provision_local",
+                     "args": {"secret": small_key.export_secret(), "policy": {"scores": True}}})
+    assert _error(bad) == ("EnclaveError", "malformed policy")
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    ({"key_id": "k"}, "batches"),                     # missing
+    ({"key_id": "k", "batches": b"x"}, "batches"),    # wrong type
+    ({"key_id": "k", "batches": [], "level": "1"}, "level"),
+    ({"key_id": "k", "batches": [], "level": True}, "level"),  # a bool is no int
+    ({"key_id": "k", "batches": [], "level": 1.0}, "level"),
+])
+def test_request_fields_are_type_checked_by_name(tmp_path: Path, small_key: SecretContext,
+                                                  args: dict[str, Any], field: str) -> None:
+    store = KeyStore()
+    store.install(small_key.export_secret(), Policy())
+    enclave = Enclave(EnclaveConfig(socket_path=tmp_path / "s", state_dir=tmp_path / "st"), keys=store)
+    args = {**args, "key_id": small_key.key_id}
+    assert _error(enclave.handle({"op": "refresh", "args": args})) == (
+        "EnclaveError", f"request field {field!r} is missing or has the wrong type")
+
+
+def test_optional_fields_take_their_default_when_absent_or_none(tmp_path: Path,
+                                                                small_key: SecretContext) -> None:
+    store = KeyStore()
+    store.install(small_key.export_secret(), Policy())
+    enclave = Enclave(EnclaveConfig(socket_path=tmp_path / "s", state_dir=tmp_path / "st"), keys=store)
+    layout = Replicated(4, 4, small_key.params.slots).describe()
+    batch = CiphertextBatch.of(small_key, [small_key.encrypt(np.ones(4), level=0)], layout).to_bytes()
+    for extra in ({}, {"level": None}):
+        reply = enclave.handle({"op": "refresh",
+                                "args": {"key_id": small_key.key_id, "batches": [batch], **extra}})
+        assert reply["ok"] is True, reply
+        (out,) = reply["result"]["batches"]
+        (fresh,) = CiphertextBatch.from_bytes(out).open(small_key, count=1)
+        assert fresh.level == small_key.params.top_level  # the default: back to the top level
+
+
+@pytest.mark.parametrize(("nonce", "session"), [(bytes(31), bytes(16)), (bytes(32), bytes(17)),
+                                                (bytes(33), bytes(16)), (bytes(32), b"")])
+def test_attest_checks_the_challenge_lengths(enclave: Enclave, nonce: bytes, session: bytes) -> None:
+    reply = enclave.handle({"op": "attest", "args": {"nonce": nonce, "session_id": session}})
+    assert _error(reply) == ("EnclaveError", "nonce must be 32 bytes and session_id 16 bytes")
+
+
+def test_attest_answers_a_well_formed_challenge(enclave: Enclave) -> None:
+    reply = enclave.handle({"op": "attest", "args": {"nonce": bytes(32), "session_id": bytes(16)}})
+    assert reply["ok"] is True
+    assert reply["result"]["session_id"] == bytes(16)
+    assert len(reply["result"]["public_key"]) == 32
+
+
+def test_pending_challenges_are_bounded_oldest_first(enclave: Enclave) -> None:
+    sessions = [i.to_bytes(16, "big") for i in range(Enclave.MAX_PENDING + 1)]
+    for s in sessions:
+        assert enclave.handle({"op": "attest", "args": {"nonce": bytes(32), "session_id": s}})["ok"]
+    # The oldest was dropped: its envelope finds no session; the newest still has one.
+    oldest = enclave.handle({"op": "provision", "args": {"session_id": sessions[0], "envelope": b"x"}})
+    assert _error(oldest) == ("ProvisioningFailed", "provisioning failed")
+    second = enclave.handle({"op": "provision", "args": {"session_id": sessions[1], "envelope": b"x"}})
+    assert _error(second)[0] == "ProvisioningFailed"
+    assert Enclave.MAX_PENDING == 16
+
+
+def test_a_session_is_used_up_by_one_envelope(enclave: Enclave) -> None:
+    enclave.handle({"op": "attest", "args": {"nonce": bytes(32), "session_id": bytes(16)}})
+    assert len(enclave._pending) == 1
+    first = enclave.handle({"op": "provision", "args": {"session_id": bytes(16), "envelope": b"x"}})
+    assert _error(first)[0] == "ProvisioningFailed"
+    assert len(enclave._pending) == 0
+
+
+def test_provisioning_failure_is_its_own_class() -> None:
+    assert issubclass(ProvisioningFailed, Exception)
+    assert not issubclass(ProvisioningFailed, EnclaveError)
