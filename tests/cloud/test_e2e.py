@@ -271,3 +271,26 @@ def test_relay_refusals_over_http_with_an_external_enclave(
             assert owner.key_id in enc.client.hello()["keys"]
         finally:
             service.stop()
+
+
+def test_service_start_takes_another_port_when_its_port_was_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port race of ``free_port``, forced: the first port is taken before the service binds."""
+    import socket
+
+    from cipherloop.cloud import process
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken, process.free_port()])
+        monkeypatch.setattr(process, "free_port", lambda: next(ports))
+        service = start_service(tmp_path / "data", admin_token=ADMIN)
+        try:
+            assert service.port != taken
+            assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
+            first_log = tmp_path / f"service-{taken}.log"
+            assert "address already in use" in first_log.read_text().lower()
+        finally:
+            service.stop()
