@@ -156,3 +156,74 @@ def test_a_session_is_used_up_by_one_envelope(enclave: Enclave) -> None:
 def test_provisioning_failure_is_its_own_class() -> None:
     assert issubclass(ProvisioningFailed, Exception)
     assert not issubclass(ProvisioningFailed, EnclaveError)
+
+
+class _InProcessLink:
+    """The owner's attest/provision pair, answered by ``Enclave.handle`` in this process."""
+
+    def __init__(self, enclave: Enclave) -> None:
+        self.enclave = enclave
+
+    def attest(self, nonce: bytes, session_id: bytes) -> dict[str, Any]:
+        reply = self.enclave.handle({"op": "attest", "args": {"nonce": nonce, "session_id": session_id}})
+        assert reply["ok"], reply
+        return dict(reply["result"])
+
+    def provision(self, session_id: bytes, envelope: bytes) -> str:
+        reply = self.enclave.handle({"op": "provision",
+                                     "args": {"session_id": session_id, "envelope": envelope}})
+        assert reply["ok"], reply
+        return str(reply["result"]["key_id"])
+
+
+def _provision(enclave: Enclave, key: SecretContext, policy: dict[str, Any]) -> str:
+    from cipherloop.client.provisioning import provision, simulated_policy
+
+    verified = provision(_InProcessLink(enclave), key, simulated_policy(enclave.config.state_dir),
+                         policy=policy, quiet_simulation=True)
+    assert verified.simulated
+    return key.key_id
+
+
+def test_attested_provisioning_installs_and_seals_the_key(tmp_path: Path,
+                                                          small_key: SecretContext) -> None:
+    config = EnclaveConfig(socket_path=tmp_path / "s", state_dir=tmp_path / "st")
+    enclave = Enclave(config)
+    _provision(enclave, small_key, {"min_samples": 21, "release": ["accuracy"]})
+    entry = enclave.keys.get(small_key.key_id)
+    assert (entry.policy.min_samples, entry.policy.release) == (21, ("accuracy",))
+    sealed = config.sealed_dir / f"{small_key.key_id}.sealed"
+    assert sealed.is_file()
+    assert small_key.export_secret() not in sealed.read_bytes()
+    assert enclave._pending == {}  # the session is used up
+
+    restarted = Enclave(config)  # same code, same state: serves without the owner
+    assert restarted.keys.key_ids() == []
+    assert restarted.restore_sealed() == 1
+    assert restarted.keys.get(small_key.key_id).policy.min_samples == 21
+
+
+def test_a_sealed_file_that_does_not_open_is_skipped(tmp_path: Path, small_key: SecretContext,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    config = EnclaveConfig(socket_path=tmp_path / "s", state_dir=tmp_path / "st")
+    _provision(Enclave(config), small_key, {})
+    (config.sealed_dir / "zz-garbage.sealed").write_bytes(b"not sealed")
+    (config.sealed_dir / "ignored.txt").write_bytes(b"not a sealed key at all")
+    restarted = Enclave(config)
+    assert restarted.restore_sealed() == 1
+    assert restarted.keys.key_ids() == [small_key.key_id]
+    assert "zz-garbage.sealed does not unseal" in caplog.text
+
+
+def test_no_sealed_keys_restores_nothing(enclave: Enclave) -> None:
+    assert enclave.restore_sealed() == 0
+
+
+def test_an_envelope_with_a_malformed_policy_installs_nothing(tmp_path: Path,
+                                                             small_key: SecretContext) -> None:
+    config = EnclaveConfig(socket_path=tmp_path / "s", state_dir=tmp_path / "st")
+    enclave = Enclave(config)
+    with pytest.raises(AssertionError, match="ProvisioningFailed"):
+        _provision(enclave, small_key, {"scores": True})
+    assert enclave.keys.key_ids() == []
+    assert not list(config.sealed_dir.glob("*.sealed"))
