@@ -25,8 +25,6 @@ MODE=${1:-start}
 log() { echo "ci-postgres: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-case "$ROLE$DB$CLUSTER" in *[!a-z0-9_]*) die "role, database and cluster names must match [a-z0-9_]+";; esac
-case "$WANT_PORT" in ''|*[!0-9]*) die "port must be a number";; esac
 
 as_postgres() {
   if [ "$(id -u)" = 0 ]; then
@@ -62,6 +60,8 @@ if [ "$MODE" = stop ]; then
   exit 0
 fi
 [ "$MODE" = start ] || die "usage: $0 [start|stop]"
+case "$ROLE$DB$CLUSTER" in *[!a-z0-9_]*) die "role, database and cluster names must match [a-z0-9_]+";; esac
+case "$WANT_PORT" in ''|*[!0-9]*) die "port must be a number";; esac
 
 PASSWORD=${CIPHERLOOP_PG_PASSWORD:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 case "$PASSWORD" in ''|*[!A-Za-z0-9_-]*) die "password must match [A-Za-z0-9_-]+";; esac
