@@ -9,7 +9,6 @@ import pytest
 from realparts import missing
 
 from cipherloop.attest import VerifierPolicy
-from cipherloop.ckks import CkksParams, SecretContext
 from cipherloop.enclave.platform.sim import SimPlatform
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,8 +45,3 @@ def sim_policy(sim: SimPlatform) -> VerifierPolicy:
         pinned_roots=[sim.root_certificate_pem()],
     )
 
-
-@pytest.fixture(scope="session")
-def small_key() -> SecretContext:
-    """A real but small CKKS key (N=4096): enough to provision, fast to make."""
-    return SecretContext.generate(CkksParams(4096, (40, 20, 40), 20))
