@@ -7,6 +7,7 @@ real ciphertexts under a small real key.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import cbor2
@@ -54,6 +55,8 @@ def test_size_limit_is_inclusive(batch: CiphertextBatch) -> None:
 
 @pytest.mark.parametrize("changes", [
     {"format": "cipherloop-ct-batch/v0"},
+    {"format": "cipherloop-ct-batch/v2"},
+    {"format": "zzz"},
     {"format": None},
     {"items": None},
     {"items": b"not a list"},
@@ -100,6 +103,18 @@ def test_open_checks_the_count(batch: CiphertextBatch, small_key: SecretContext)
     for count in (1, 3, 0):
         with pytest.raises(InvalidCiphertext, match=f"expected {count} ciphertexts, got 2"):
             batch.open(small_key, count=count)
+
+
+def test_count_is_compared_by_value_for_large_batches(batch: CiphertextBatch,
+                                                      small_key: SecretContext) -> None:
+    many = CiphertextBatch(batch.params_digest, batch.key_id, LAYOUT, (b"not a ciphertext",) * 300)
+    with pytest.raises(InvalidCiphertext, match="malformed"):  # the count matched; the bytes did not
+        many.open(small_key, count=300)
+
+
+def test_batch_is_immutable(batch: CiphertextBatch) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batch.key_id = "another"  # type: ignore[misc]
 
 
 def test_open_loads_every_ciphertext_in_order(batch: CiphertextBatch, small_key: SecretContext) -> None:
