@@ -7,6 +7,10 @@ requests over the real socket to the real process are in ``test_enclave.py``.
 
 from __future__ import annotations
 
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +19,10 @@ import pytest
 
 from cipherloop.ckks import CiphertextBatch, Replicated, SecretContext
 from cipherloop.enclave import framing
+from cipherloop.enclave.framing import recv_frame, send_frame
 from cipherloop.enclave.keystore import KeyEntry, KeyStore
 from cipherloop.enclave.policy import Policy
-from cipherloop.enclave.server import Enclave, EnclaveConfig
+from cipherloop.enclave.server import Enclave, EnclaveConfig, _Server
 from cipherloop.errors import EnclaveError, ProvisioningFailed
 
 
@@ -134,15 +139,14 @@ def test_attest_answers_a_well_formed_challenge(enclave: Enclave) -> None:
 
 
 def test_pending_challenges_are_bounded_oldest_first(enclave: Enclave) -> None:
-    sessions = [i.to_bytes(16, "big") for i in range(Enclave.MAX_PENDING + 1)]
-    for s in sessions:
+    assert Enclave.MAX_PENDING == 16
+    sessions = [i.to_bytes(16, "big") for i in range(Enclave.MAX_PENDING + 2)]
+    for n, s in enumerate(sessions, start=1):
         assert enclave.handle({"op": "attest", "args": {"nonce": bytes(32), "session_id": s}})["ok"]
-    # The oldest was dropped: its envelope finds no session; the newest still has one.
+        assert list(enclave._pending) == sessions[max(0, n - Enclave.MAX_PENDING):n]
+    # The oldest were dropped: an envelope for one finds no session.
     oldest = enclave.handle({"op": "provision", "args": {"session_id": sessions[0], "envelope": b"x"}})
     assert _error(oldest) == ("ProvisioningFailed", "provisioning failed")
-    second = enclave.handle({"op": "provision", "args": {"session_id": sessions[1], "envelope": b"x"}})
-    assert _error(second)[0] == "ProvisioningFailed"
-    assert Enclave.MAX_PENDING == 16
 
 
 def test_a_session_is_used_up_by_one_envelope(enclave: Enclave) -> None:
@@ -227,3 +231,77 @@ def test_an_envelope_with_a_malformed_policy_installs_nothing(tmp_path: Path,
         _provision(enclave, small_key, {"scores": True})
     assert enclave.keys.key_ids() == []
     assert not list(config.sealed_dir.glob("*.sealed"))
+
+
+# ------------------------------------------------------------- the socket server
+class _RecordingServer(_Server):
+    """The enclave's server in this process, noting handler crashes and finished connections."""
+
+    def __init__(self, path: str, enclave: Enclave) -> None:
+        super().__init__(path, enclave)
+        self.crashes: list[str] = []
+        self.finished = threading.Semaphore(0)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        self.crashes.append(repr(sys.exc_info()[1]))
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        self.finished.release()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Path, _RecordingServer]]:
+    short = Path(tempfile.mkdtemp(prefix="cl-"))  # AF_UNIX paths are short
+    enclave = Enclave(EnclaveConfig(socket_path=short / "e.sock", state_dir=short / "st"))
+    server = _RecordingServer(str(short / "e.sock"), enclave)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield short / "e.sock", server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+    import shutil
+
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    return sock
+
+
+def test_replies_echo_integer_request_ids_only(served: tuple[Path, _RecordingServer]) -> None:
+    path, _ = served
+    with _connect(path) as sock:
+        for sent, echoed in ((7, 7), (123456, 123456), ("7", None), (None, None), ([1], None)):
+            send_frame(sock, {"op": "hello", "id": sent})
+            reply = recv_frame(sock)
+            assert reply["ok"] is True and reply["id"] == echoed
+        send_frame(sock, {"op": "hello"})
+        assert recv_frame(sock)["id"] is None
+
+
+def test_a_client_that_hangs_up_before_its_reply_crashes_nothing(
+        served: tuple[Path, _RecordingServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, server = served
+    hung_up = threading.Event()
+    real = server.enclave.handle
+
+    def after_the_hang_up(msg: dict[str, Any]) -> dict[str, Any]:
+        hung_up.wait(30)  # the reply is written only once the client is gone: EPIPE
+        return real(msg)
+
+    monkeypatch.setattr(server.enclave, "handle", after_the_hang_up)
+    with _connect(path) as sock:
+        send_frame(sock, {"op": "hello", "id": 1})
+    hung_up.set()
+    assert server.finished.acquire(timeout=30)
+    assert server.crashes == []
+    monkeypatch.setattr(server.enclave, "handle", real)
+    with _connect(path) as sock:  # and it keeps serving
+        send_frame(sock, {"op": "hello", "id": 3})
+        assert recv_frame(sock)["id"] == 3

@@ -8,8 +8,10 @@ packing identities the kernels rely on are in ``test_ckks.py``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import cbor2
 import numpy as np
 import pytest
 
@@ -221,3 +223,35 @@ def test_malformed_descriptions_are_one_shape_error(desc: Any) -> None:
     with pytest.raises(ShapeError) as info:
         from_description(desc)
     assert type(info.value) is ShapeError
+
+
+@pytest.mark.parametrize("layout", [SampleBlocks(10, 4), Replicated(3, 4, 8), Diagonals(6, 3, 4, 2)])
+def test_descriptions_from_the_wire_rebuild_the_layout(layout: Any) -> None:
+    wire = cbor2.loads(cbor2.dumps(layout.describe()))  # strings as a decoder makes them
+    assert from_description(wire) == layout
+
+
+@pytest.mark.parametrize("kind", ["zzz", "t", "s", "samples2", "replicatedx", "e", "diagonalz"])
+def test_only_the_three_kinds_are_layouts(kind: str) -> None:
+    desc = {"kind": kind, "n_samples": 6, "n_features": 3, "slots": 4, "baby": 2, "n_values": 3,
+            "period": 4}
+    with pytest.raises(ShapeError, match="unknown or malformed"):
+        from_description(desc)
+
+
+@pytest.mark.parametrize("layout", [SampleBlocks(10, 4), Replicated(3, 4, 8), Diagonals(6, 3, 4, 2)])
+def test_layouts_are_immutable(layout: Any) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layout.slots = 8
+
+
+def test_block_counts_are_compared_by_value() -> None:
+    layout = SampleBlocks(300, 1)  # 300 blocks: beyond the small ints Python shares
+    assert layout.unpack([np.array([float(i)]) for i in range(300)]).tolist() == list(range(300))
+
+
+def test_rotations_at_the_real_slot_count() -> None:
+    powers = [1 << k for k in range(12)]  # 1 .. 2048
+    assert Diagonals.plan(10, 4, 4096).rotations() == [1, *[p for p in powers if p >= 4], 4095]
+    assert Diagonals.plan(10, 64, 4096).rotations() == [1, 16, 64, 128, 256, 512, 1024, 2048, 4095]
+    assert rotations_for_features(64, 4096) == [*powers, 4095]
