@@ -181,6 +181,7 @@ def test_errors_are_pre_rotated_per_giant_step() -> None:
     (4, 16, [1, 4, 8, 15]),             # one giant step: no giant rotation key
     (32, 64, [1, 16, 32, 63]),          # two giant steps of 16
     (64, 64, [1, 16, 63]),              # P == slots: nothing to fold
+    (16, 16, [1, 15]),                  # P == slots, one giant step: the unit steps alone
 ])
 def test_rotations_are_exactly_the_kernels_steps(d: int, slots: int, steps: list[int]) -> None:
     assert Diagonals.plan(10, d, slots).rotations() == steps
