@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed of the sample (default: random)")
     parser.add_argument("--group", action="append", default=None, help="only these groups")
     parser.add_argument("--jobs", type=int, default=2, help="parallel workers (each has its own copy)")
+    parser.add_argument("--match", default=None,
+                        help="only mutants whose name (as the report prints it) matches this regex")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     args = parser.parse_args(argv)
     settings = load_settings()
@@ -372,16 +374,22 @@ def main(argv: list[str] | None = None) -> int:
             for g in share:
                 prepared[g.name] = prepare(g, root / f"w{i}", settings.exclude_operators)
         chosen: dict[str, set[str]] | None = None
+        everyone = [m for g in groups for m in prepared[g.name]]
+        if args.match is not None:
+            pattern = re.compile(args.match)
+            everyone = [m for m in everyone if pattern.search(m.key)]
+            chosen = {}
+            for m in everyone:
+                chosen.setdefault(m.group, set()).add(m.job_id)
         if args.sample is not None:
             seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
-            everyone = [m for g in groups for m in prepared[g.name]]
             picked = random.Random(seed).sample(everyone, min(args.sample, len(everyone)))
             chosen = {}
             for m in picked:
                 chosen.setdefault(m.group, set()).add(m.job_id)
             print(f"sample of {len(picked)} of {len(everyone)} mutants (--seed {seed} repeats it)")
         else:
-            print(f"{sum(len(v) for v in prepared.values())} mutants in {len(groups)} groups")
+            print(f"{len(everyone)} mutants in {len(groups)} groups")
         with ThreadPoolExecutor(jobs) as pool:
             futures = [pool.submit(run_worker, share, settings, chosen, root, i, prepared)
                        for i, share in enumerate(shares)]
