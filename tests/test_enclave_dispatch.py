@@ -7,6 +7,7 @@ requests over the real socket to the real process are in ``test_enclave.py``.
 
 from __future__ import annotations
 
+import select
 import socket
 import tempfile
 import threading
@@ -305,3 +306,14 @@ def test_a_client_that_hangs_up_before_its_reply_crashes_nothing(
     with _connect(path) as sock:  # and it keeps serving
         send_frame(sock, {"op": "hello", "id": 3})
         assert recv_frame(sock)["id"] == 3
+
+
+def test_a_client_that_leaves_its_reply_unread_crashes_nothing(
+        served: tuple[Path, _RecordingServer]) -> None:
+    path, server = served
+    with _connect(path) as sock:
+        send_frame(sock, {"op": "hello", "id": 1})
+        assert select.select([sock], [], [], 30)[0]  # the reply has arrived...
+    # ...and was closed unread: the server's next read fails with ECONNRESET.
+    assert server.finished.acquire(timeout=30)
+    assert server.crashes == []
