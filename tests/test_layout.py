@@ -232,7 +232,8 @@ def test_descriptions_from_the_wire_rebuild_the_layout(layout: Any) -> None:
     assert from_description(wire) == layout
 
 
-@pytest.mark.parametrize("kind", ["zzz", "t", "s", "samples2", "replicatedx", "e", "diagonalz"])
+@pytest.mark.parametrize("kind", ["zzz", "t", "s", "samples2", "replicatedx", "e", "diagonalz",
+                                  "a", "d", "r"])
 def test_only_the_three_kinds_are_layouts(kind: str) -> None:
     desc = {"kind": kind, "n_samples": 6, "n_features": 3, "slots": 4, "baby": 2, "n_values": 3,
             "period": 4}

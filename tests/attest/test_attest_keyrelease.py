@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import warnings
@@ -307,3 +308,58 @@ def test_a_malformed_offer_still_uses_up_the_challenge(sim_policy: VerifierPolic
         verify_offer(b"not an offer", challenge, sim_policy)
 
     assert challenge.used
+
+
+@pytest.mark.parametrize("label", ["cipherloop-prov/v2", "cipherloop-prov/v0", "zzz", ""])
+def test_an_envelope_under_another_format_label_is_refused(
+    sim: SimPlatform, sim_policy: VerifierPolicy, small_key: SecretContext, label: str
+) -> None:
+    envelope, state, _ = _wrap_for(sim, sim_policy, small_key)
+    outer = cbor2.loads(envelope)
+    outer["format"] = label  # the sealed payload itself is intact
+    with pytest.raises(ProvisioningFailed):
+        provision.accept(state, cbor2.dumps(outer))
+
+
+def test_a_policy_with_a_non_text_key_is_refused(
+    sim: SimPlatform, sim_policy: VerifierPolicy, small_key: SecretContext
+) -> None:
+    challenge = new_challenge()
+    offer, state = provision.begin(sim, challenge.nonce, challenge.session_id)
+    verified = verify_offer(offer.to_dict(), challenge, sim_policy)
+    envelope = wrap_key(verified, secret_key_bytes=small_key.export_secret(), key_id=small_key.key_id,
+                        params_digest=small_key.params.digest(), policy={"min_samples": 3, 7: "x"},
+                        nonce=challenge.nonce, session_id=challenge.session_id)
+    with pytest.raises(ProvisioningFailed):
+        provision.accept(state, envelope)
+
+
+def test_state_repr_says_whether_it_was_used(
+    sim: SimPlatform, sim_policy: VerifierPolicy, small_key: SecretContext
+) -> None:
+    envelope, state, challenge = _wrap_for(sim, sim_policy, small_key)
+    assert repr(state) == f"ProvisionState(session_id={challenge.session_id.hex()!r}, used=False)"
+    provision.accept(state, envelope)
+    assert repr(state) == f"ProvisionState(session_id={challenge.session_id.hex()!r}, used=True)"
+
+
+def test_offer_and_provisioned_key_are_immutable(
+    sim: SimPlatform, sim_policy: VerifierPolicy, small_key: SecretContext
+) -> None:
+    envelope, state, challenge = _wrap_for(sim, sim_policy, small_key)
+    offer, _ = provision.begin(sim, challenge.nonce, bytes(16))
+    key = provision.accept(state, envelope)
+    for obj, name in ((offer, "public_key"), (key, "key_id")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, name, b"x")
+
+
+@pytest.mark.parametrize("drop", ["platform", "evidence", "public_key", "session_id"])
+def test_an_offer_missing_a_field_is_malformed(sim: SimPlatform, drop: str) -> None:
+    offer, _ = provision.begin(sim, bytes(32), bytes(16))
+    doc = offer.to_dict()
+    del doc[drop]
+    with pytest.raises(EvidenceMalformed, match="missing a field"):
+        provision.Offer.from_dict(doc)
+    with pytest.raises(EvidenceMalformed, match="missing a field"):
+        provision.Offer.from_bytes(cbor2.dumps(doc))
