@@ -257,3 +257,8 @@ def test_rotations_at_the_real_slot_count() -> None:
     assert Diagonals.plan(10, 4, 4096).rotations() == [1, *[p for p in powers if p >= 4], 4095]
     assert Diagonals.plan(10, 64, 4096).rotations() == [1, 16, 64, 128, 256, 512, 1024, 2048, 4095]
     assert rotations_for_features(64, 4096) == [*powers, 4095]
+
+
+def test_replicated_counts_are_compared_by_value() -> None:
+    layout = Replicated(300, 512, 1024)  # 300 values: beyond the small ints Python shares
+    assert layout.pack(np.arange(300.0))[:300].tolist() == list(range(300))
