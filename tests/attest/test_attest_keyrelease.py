@@ -363,3 +363,72 @@ def test_an_offer_missing_a_field_is_malformed(sim: SimPlatform, drop: str) -> N
         provision.Offer.from_dict(doc)
     with pytest.raises(EvidenceMalformed, match="missing a field"):
         provision.Offer.from_bytes(cbor2.dumps(doc))
+
+
+def _raw_envelope(sim: SimPlatform, body: dict[str, Any]) -> tuple[bytes, provision.ProvisionState]:
+    """An envelope sealed exactly as the owner would, around a payload the test chooses."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    nonce, session_id = bytes(range(32)), bytes(range(16))
+    offer, state = provision.begin(sim, nonce, session_id)
+    info = provision.hpke_info(offer.evidence, nonce, session_id)
+    sealed = provision._SUITE.encrypt(cbor2.dumps(body), X25519PublicKey.from_public_bytes(
+        offer.public_key), info=info)
+    return cbor2.dumps({"format": "cipherloop-prov/v1", "hpke": sealed}), state
+
+
+def _body(key: SecretContext, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"secret_key": key.export_secret(), "key_id": key.key_id,
+                            "params_digest": key.params.digest(), "policy": {"min_samples": 3}}
+    body.update(changes)
+    return body
+
+
+def test_a_hand_made_envelope_opens(sim: SimPlatform, small_key: SecretContext) -> None:
+    envelope, state = _raw_envelope(sim, _body(small_key))
+    key = provision.accept(state, envelope)
+    assert (key.key_id, key.policy) == (small_key.key_id, {"min_samples": 3})
+
+
+@pytest.mark.parametrize("changes", [
+    {"policy": ["ab", "cd"]},          # a list that dict() would turn into a map
+    {"policy": "ab"},
+    {"policy": {"min_samples": 3, 7: "x"}},
+    {"key_id": 7},
+    {"params_digest": b"digest"},
+    {"secret_key": "text"},
+])
+def test_a_payload_of_the_wrong_types_is_refused(sim: SimPlatform, small_key: SecretContext,
+                                                 changes: dict[str, Any]) -> None:
+    envelope, state = _raw_envelope(sim, _body(small_key, **changes))
+    with pytest.raises(ProvisioningFailed):
+        provision.accept(state, envelope)
+
+
+def test_provisioned_keys_never_compare_their_secrets(small_key: SecretContext) -> None:
+    # eq=False: no generated __eq__ that would compare key bytes (and not in constant time).
+    a = provision.ProvisionedKey(small_key.export_secret(), small_key.key_id, "d", {})
+    b = provision.ProvisionedKey(small_key.export_secret(), small_key.key_id, "d", {})
+    assert a != b and a == a
+
+
+def test_offer_repr_leaves_out_evidence_and_collateral(sim: SimPlatform) -> None:
+    offer, _ = provision.begin(sim, bytes(32), bytes(16))
+    text = repr(dataclasses.replace(offer, collateral="COLLATERAL-JSON"))
+    assert "evidence" not in text and "collateral" not in text and "COLLATERAL" not in text
+    assert "public_key" in text
+
+
+@pytest.mark.parametrize("data", ["a text, not bytes", 12, None])
+def test_an_offer_that_is_not_bytes_is_malformed(data: Any) -> None:
+    with pytest.raises(EvidenceMalformed):
+        provision.Offer.from_bytes(data)
+
+
+@pytest.mark.parametrize("field", ["evidence", "public_key", "session_id"])
+def test_an_offer_field_of_the_wrong_type_is_malformed(sim: SimPlatform, field: str) -> None:
+    offer, _ = provision.begin(sim, bytes(32), bytes(16))
+    for bad in ("text", -1, [1.5]):  # (an int n still passes, as n zero bytes: bytes(n))
+        doc = {**offer.to_dict(), field: bad}
+        with pytest.raises(EvidenceMalformed, match="missing a field or has a wrong type"):
+            provision.Offer.from_dict(doc)

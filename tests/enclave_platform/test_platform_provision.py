@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -125,6 +126,44 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, small_key: Secr
     with pytest.raises(OSError):
         provision.store_sealed(SimPlatform(tmp_path / "state"), path, _provisioned(small_key))
     assert [p.name for p in path.parent.iterdir()] == ["sealed.key"]
+
+
+@pytest.mark.parametrize("label", ["cipherloop-sealed-key/v0", "cipherloop-sealed-key/v2", "a", "z"])
+def test_a_sealed_file_under_another_format_label_is_refused(
+    tmp_path: Path, small_key: SecretContext, label: str
+) -> None:
+    path = tmp_path / "sealed.key"
+    sim = SimPlatform(tmp_path)
+    provision.store_sealed(sim, path, _provisioned(small_key))
+    doc = cbor2.loads(path.read_bytes())
+    doc["format"] = label  # the blob itself is intact
+    path.write_bytes(cbor2.dumps(doc))
+    with pytest.raises(KeyMaterialError, match="cannot be opened"):
+        provision.load_sealed(sim, path)
+
+
+def test_a_stale_temporary_file_is_overwritten_not_appended_to(tmp_path: Path,
+                                                             small_key: SecretContext) -> None:
+    path = tmp_path / "sealed.key"
+    sim = SimPlatform(tmp_path)
+    stale = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    stale.write_bytes(b"\xff" * 10_000_000)  # left by a crash: longer than the new file
+    provision.store_sealed(sim, path, _provisioned(small_key))
+    assert provision.load_sealed(sim, path).key_id == small_key.key_id
+    assert not stale.exists()
+
+
+def test_a_write_that_fails_before_the_file_exists_raises_its_own_error(
+    tmp_path: Path, small_key: SecretContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kw: object) -> int:
+        raise PermissionError("no")
+
+    sim = SimPlatform(tmp_path)
+    monkeypatch.setattr(provision.os, "open", refuse)
+    with pytest.raises(PermissionError) as info:
+        provision.store_sealed(sim, tmp_path / "sealed.key", _provisioned(small_key))
+    assert info.value.__context__ is None  # no second error from cleaning up a file never made
 
 
 @pytest.mark.parametrize("platform", ["zzz", "sim2", "a", ""])
