@@ -151,6 +151,9 @@ def test_a_stale_temporary_file_is_overwritten_not_appended_to(tmp_path: Path,
     provision.store_sealed(sim, path, _provisioned(small_key))
     assert provision.load_sealed(sim, path).key_id == small_key.key_id
     assert not stale.exists()
+    fresh = tmp_path / "fresh" / "sealed.key"
+    provision.store_sealed(sim, fresh, _provisioned(small_key))
+    assert path.stat().st_size == fresh.stat().st_size  # no stale tail after the CBOR document
 
 
 def test_a_write_that_fails_before_the_file_exists_raises_its_own_error(
@@ -160,6 +163,7 @@ def test_a_write_that_fails_before_the_file_exists_raises_its_own_error(
         raise PermissionError("no")
 
     sim = SimPlatform(tmp_path)
+    provision.store_sealed(sim, tmp_path / "first.key", _provisioned(small_key))  # sim state made
     monkeypatch.setattr(provision.os, "open", refuse)
     with pytest.raises(PermissionError) as info:
         provision.store_sealed(sim, tmp_path / "sealed.key", _provisioned(small_key))
