@@ -17,6 +17,7 @@ import socket
 import socketserver
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ class Enclave:
                  platform: Platform | None = None) -> None:
         self.config = config
         self._lock_fd = _lock_state_dir(config.state_dir)
+        # Released on close() or, failing that, when this object is collected.
+        self._release = weakref.finalize(self, os.close, self._lock_fd)
         try:
             settings = {"state_dir": config.state_dir / "platform"} if config.platform == "sim" else {}
             self.platform = (platform if platform is not None
@@ -124,9 +127,7 @@ class Enclave:
 
     def close(self) -> None:
         """Release the state-directory lock."""
-        fd, self._lock_fd = self._lock_fd, -1
-        if fd >= 0:
-            os.close(fd)
+        self._release()
 
     def _persist(self, context: SecretContext, secret: bytes, state: KeyState) -> None:
         """Seal a key with its state and replace its file durably (before any release)."""

@@ -6,24 +6,27 @@ import os
 from pathlib import Path
 
 import pytest
+from realparts import missing
 
 from cipherloop.attest import VerifierPolicy
-from cipherloop.ckks import CkksParams, SecretContext
 from cipherloop.enclave.platform.sim import SimPlatform
 
 REPO = Path(__file__).resolve().parents[2]
+DCAP_FILES = tuple(f"{q}{suffix}" for q in ("sgx_quote", "tdx_quote", "tdx_quote_outdated")
+                   for suffix in ("", "_collateral.json"))
 
 
 @pytest.fixture(scope="session")
 def dcap_dir() -> Path:
-    """The real SGX/TDX samples (never copied into the repo); skip when absent."""
+    """The real SGX/TDX samples (never copied into the repo); see :mod:`realparts` when absent."""
     env = os.environ.get("CIPHERLOOP_DCAP_TESTDATA")
     path = Path(env) if env else REPO.parent / "shared" / "testdata" / "dcap"
-    if not (path / "sgx_quote").is_file():
-        pytest.skip(
-            f"DCAP samples not found at {path}; set CIPHERLOOP_DCAP_TESTDATA to the directory "
-            "holding sgx_quote, tdx_quote and their collateral JSON"
-        )
+    absent = [name for name in DCAP_FILES if not (path / name).is_file()]
+    if absent:
+        missing(f"DCAP test data ({', '.join(absent)} in {path})",
+                "put the real SGX/TDX samples in ../shared/testdata/dcap next to the repo, or set "
+                "CIPHERLOOP_DCAP_TESTDATA to the directory holding sgx_quote, tdx_quote, "
+                "tdx_quote_outdated and their *_collateral.json")
     return path
 
 
@@ -42,8 +45,3 @@ def sim_policy(sim: SimPlatform) -> VerifierPolicy:
         pinned_roots=[sim.root_certificate_pem()],
     )
 
-
-@pytest.fixture(scope="session")
-def small_key() -> SecretContext:
-    """A real but small CKKS key (N=4096): enough to provision, fast to make."""
-    return SecretContext.generate(CkksParams(4096, (40, 20, 40), 20))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import warnings
@@ -281,14 +282,16 @@ def test_no_secret_reaches_logs_reprs_or_exception_text(
     provision.store_sealed(sim, sealed_path, key)
     sealed = sealed_path.read_bytes()
     changed = SimPlatform(sim.state_dir, measurement=bytes(48))
-    attempts: list[Callable[[], object]] = [
-        lambda: provision.accept(state, envelope),  # spent state
-        lambda: provision.load_sealed(changed, sealed_path),  # other measurement
-        lambda: provision.accept(_wrap_for(sim, sim_policy, small_key)[1], envelope),  # other key
+    attempts: list[tuple[Callable[[], object], type[Exception]]] = [
+        (lambda: provision.accept(state, envelope), ProvisioningFailed),  # spent state
+        (lambda: provision.load_sealed(changed, sealed_path), KeyMaterialError),  # other measurement
+        (lambda: provision.accept(_wrap_for(sim, sim_policy, small_key)[1], envelope),
+         ProvisioningFailed),  # another session's key
     ]
-    for attempt in attempts:
-        with pytest.raises(Exception) as info:
+    for attempt, kind in attempts:
+        with pytest.raises(kind) as info:
             attempt()
+        assert type(info.value) is kind
         texts += [str(info.value), repr(info.value)]
         assert info.value.__cause__ is None
 
@@ -305,3 +308,127 @@ def test_a_malformed_offer_still_uses_up_the_challenge(sim_policy: VerifierPolic
         verify_offer(b"not an offer", challenge, sim_policy)
 
     assert challenge.used
+
+
+@pytest.mark.parametrize("label", ["cipherloop-prov/v2", "cipherloop-prov/v0", "zzz", ""])
+def test_an_envelope_under_another_format_label_is_refused(
+    sim: SimPlatform, sim_policy: VerifierPolicy, small_key: SecretContext, label: str
+) -> None:
+    envelope, state, _ = _wrap_for(sim, sim_policy, small_key)
+    outer = cbor2.loads(envelope)
+    outer["format"] = label  # the sealed payload itself is intact
+    with pytest.raises(ProvisioningFailed):
+        provision.accept(state, cbor2.dumps(outer))
+
+
+def test_a_policy_with_a_non_text_key_is_refused(
+    sim: SimPlatform, sim_policy: VerifierPolicy, small_key: SecretContext
+) -> None:
+    challenge = new_challenge()
+    offer, state = provision.begin(sim, challenge.nonce, challenge.session_id)
+    verified = verify_offer(offer.to_dict(), challenge, sim_policy)
+    envelope = wrap_key(verified, secret_key_bytes=small_key.export_secret(), key_id=small_key.key_id,
+                        params_digest=small_key.params.digest(), policy={"min_samples": 3, 7: "x"},
+                        nonce=challenge.nonce, session_id=challenge.session_id)
+    with pytest.raises(ProvisioningFailed):
+        provision.accept(state, envelope)
+
+
+def test_state_repr_says_whether_it_was_used(
+    sim: SimPlatform, sim_policy: VerifierPolicy, small_key: SecretContext
+) -> None:
+    envelope, state, challenge = _wrap_for(sim, sim_policy, small_key)
+    assert repr(state) == f"ProvisionState(session_id={challenge.session_id.hex()!r}, used=False)"
+    provision.accept(state, envelope)
+    assert repr(state) == f"ProvisionState(session_id={challenge.session_id.hex()!r}, used=True)"
+
+
+def test_offer_and_provisioned_key_are_immutable(
+    sim: SimPlatform, sim_policy: VerifierPolicy, small_key: SecretContext
+) -> None:
+    envelope, state, challenge = _wrap_for(sim, sim_policy, small_key)
+    offer, _ = provision.begin(sim, challenge.nonce, bytes(16))
+    key = provision.accept(state, envelope)
+    for obj, name in ((offer, "public_key"), (key, "key_id")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, name, b"x")
+
+
+@pytest.mark.parametrize("drop", ["platform", "evidence", "public_key", "session_id"])
+def test_an_offer_missing_a_field_is_malformed(sim: SimPlatform, drop: str) -> None:
+    offer, _ = provision.begin(sim, bytes(32), bytes(16))
+    doc = offer.to_dict()
+    del doc[drop]
+    with pytest.raises(EvidenceMalformed, match="missing a field"):
+        provision.Offer.from_dict(doc)
+    with pytest.raises(EvidenceMalformed, match="missing a field"):
+        provision.Offer.from_bytes(cbor2.dumps(doc))
+
+
+def _raw_envelope(sim: SimPlatform, body: dict[str, Any]) -> tuple[bytes, provision.ProvisionState]:
+    """An envelope sealed exactly as the owner would, around a payload the test chooses."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    nonce, session_id = bytes(range(32)), bytes(range(16))
+    offer, state = provision.begin(sim, nonce, session_id)
+    info = provision.hpke_info(offer.evidence, nonce, session_id)
+    sealed = provision._SUITE.encrypt(cbor2.dumps(body), X25519PublicKey.from_public_bytes(
+        offer.public_key), info=info)
+    return cbor2.dumps({"format": "cipherloop-prov/v1", "hpke": sealed}), state
+
+
+def _body(key: SecretContext, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"secret_key": key.export_secret(), "key_id": key.key_id,
+                            "params_digest": key.params.digest(), "policy": {"min_samples": 3}}
+    body.update(changes)
+    return body
+
+
+def test_a_hand_made_envelope_opens(sim: SimPlatform, small_key: SecretContext) -> None:
+    envelope, state = _raw_envelope(sim, _body(small_key))
+    key = provision.accept(state, envelope)
+    assert (key.key_id, key.policy) == (small_key.key_id, {"min_samples": 3})
+
+
+@pytest.mark.parametrize("changes", [
+    {"policy": ["ab", "cd"]},          # a list that dict() would turn into a map
+    {"policy": "ab"},
+    {"policy": {"min_samples": 3, 7: "x"}},
+    {"key_id": 7},
+    {"params_digest": b"digest"},
+    {"secret_key": "text"},
+])
+def test_a_payload_of_the_wrong_types_is_refused(sim: SimPlatform, small_key: SecretContext,
+                                                 changes: dict[str, Any]) -> None:
+    envelope, state = _raw_envelope(sim, _body(small_key, **changes))
+    with pytest.raises(ProvisioningFailed):
+        provision.accept(state, envelope)
+
+
+def test_provisioned_keys_never_compare_their_secrets(small_key: SecretContext) -> None:
+    # eq=False: no generated __eq__ that would compare key bytes (and not in constant time).
+    a = provision.ProvisionedKey(small_key.export_secret(), small_key.key_id, "d", {})
+    b = provision.ProvisionedKey(small_key.export_secret(), small_key.key_id, "d", {})
+    assert a != b and a == a
+
+
+def test_offer_repr_leaves_out_evidence_and_collateral(sim: SimPlatform) -> None:
+    offer, _ = provision.begin(sim, bytes(32), bytes(16))
+    text = repr(dataclasses.replace(offer, collateral="COLLATERAL-JSON"))
+    assert "evidence" not in text and "collateral" not in text and "COLLATERAL" not in text
+    assert "public_key" in text
+
+
+@pytest.mark.parametrize("data", ["a text, not bytes", 12, None])
+def test_an_offer_that_is_not_bytes_is_malformed(data: Any) -> None:
+    with pytest.raises(EvidenceMalformed):
+        provision.Offer.from_bytes(data)
+
+
+@pytest.mark.parametrize("field", ["evidence", "public_key", "session_id"])
+def test_an_offer_field_of_the_wrong_type_is_malformed(sim: SimPlatform, field: str) -> None:
+    offer, _ = provision.begin(sim, bytes(32), bytes(16))
+    for bad in ("text", -1, [1.5]):  # (an int n still passes, as n zero bytes: bytes(n))
+        doc = {**offer.to_dict(), field: bad}
+        with pytest.raises(EvidenceMalformed, match="missing a field or has a wrong type"):
+            provision.Offer.from_dict(doc)

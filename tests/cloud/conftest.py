@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from cloudkit import ADMIN, PG_ENV, FakeRefiner, Keys, make_keys
 from fastapi.testclient import TestClient
+from realparts import missing
+from sqlalchemy.exc import OperationalError
 
 from cipherloop.cloud.app import create_app
 from cipherloop.cloud.db import Base, make_engine
@@ -49,6 +51,10 @@ def client(settings: Settings, refiner: FakeRefiner) -> Iterator[TestClient]:
         yield c
 
 
+PG_FIX = (f'start one and export its URL: export {PG_ENV}="$(scripts/ci-postgres.sh)" '
+          "(installs PostgreSQL with apt-get when run as root on Debian)")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Each store test runs on SQLite, and on PostgreSQL when one is configured."""
@@ -57,11 +63,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     url = os.environ.get(PG_ENV)
     if not url:
-        pytest.skip(f"PostgreSQL variant: set {PG_ENV} (scripts/ci-postgres.sh prints one)")
+        missing(f"PostgreSQL for the PostgreSQL variant ({PG_ENV} is not set)", PG_FIX)
     engine = make_engine(url, create=False)
     try:
         Base.metadata.drop_all(engine)
         Base.metadata.create_all(engine)
+    except OperationalError as exc:  # the server is down or refuses the login
+        missing(f"a reachable PostgreSQL at {engine.url.render_as_string(hide_password=True)} "
+                f"({type(exc.orig).__name__})", PG_FIX)
     finally:
         engine.dispose()
     yield url

@@ -1,6 +1,8 @@
 """End to end, all REAL: the service as OS processes (uvicorn, worker, simulated enclave),
 real CKKS, the tenant's key provisioned by attestation through the service's
 relay, a round started by uploads alone, and ``kill -9`` in the middle of it.
+The round is held mid-way on purpose (its enclave is stopped with SIGSTOP once
+the key is provisioned), so the kill always lands while the round runs.
 
 The service starts its own enclave with its state in ``<data_dir>/enclave``;
 ``kill -9`` of the service's process group takes the enclave down too, so
@@ -12,7 +14,10 @@ relay's refusals over real HTTP.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,11 +28,11 @@ import httpx
 import numpy as np
 import pytest
 from cloudkit import RelayLink, b64
+from servicekit import start_service
 
 from cipherloop.ckks import CiphertextBatch, Diagonals, SecretContext, preset, rotations_for_features
 from cipherloop.client.data import decrypt_model, encrypt_batches, encrypt_dataset, encrypt_model
 from cipherloop.client.provisioning import holdout_pin, provision, simulated_policy
-from cipherloop.cloud.process import ServiceProcess
 from cipherloop.cloud.supervise import read_lock_info
 from cipherloop.errors import EnclaveUnavailable
 from cipherloop.learn import EnclaveClient, EnclaveProcess, EncryptedModel
@@ -117,9 +122,10 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
         short_dir: Path, owner: SecretContext, data: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = data
     data_dir = short_dir / "data"
-    service = ServiceProcess(data_dir, admin_token=ADMIN, poll_interval_s=0.1,
-                             env={"CIPHERLOOP_LOG_LEVEL": "info"}).start()
+    service = start_service(data_dir, admin_token=ADMIN, poll_interval_s=0.1,
+                            env={"CIPHERLOOP_LOG_LEVEL": "info"})
     sock = Path(read_lock_info(data_dir)["enclave_socket"])  # a fresh path per start
+    enclave_pid: int | None = None
     try:
         root = data_dir.resolve() / "enclave" / "platform" / "sim-root.crt.pem"
         assert "SIMULATED TEE" in service.log() and str(root) in service.log()
@@ -136,19 +142,26 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
                   "learning_rate": 1.0, "momentum": 0.5, "release_metric": True}
         _set_up_model(t, owner, policy, X, y, hold)
         m = t["model_id"]
+        # Hold the round: freeze the service's enclave, so the round's first enclave call
+        # waits (its timeout is minutes) and the round cannot finish before the kill.
+        enclave_pid = int(EnclaveClient(sock, timeout=30).hello()["pid"])
+        os.kill(enclave_pid, signal.SIGSTOP)
         ups = [c.post(f"/v1/models/{m}/uploads", content=_samples(owner, X[i:i + 100],
                                                                    y[i:i + 100]),
                       headers=t["contributor"]) for i in (0, 100)]
         assert [u.status_code for u in ups] == [201, 201]
 
         running = _wait(lambda: [r for r in _rounds(c, t) if r["state"] == "running"], timeout=60)
+        time.sleep(0.5)  # not a race: the round is blocked on the frozen enclave
+        assert [(r["state"], r["attempts"]) for r in _rounds(c, t)] == [("running", 1)]
         service.kill9()
+        enclave_pid = None  # SIGKILL reaches stopped processes; the group is gone
         assert running[0]["attempts"] == 1
         with pytest.raises(EnclaveUnavailable):  # the enclave went down with the service
             EnclaveClient(sock, timeout=5).hello()
 
-        service = ServiceProcess(data_dir, admin_token=ADMIN, poll_interval_s=0.1,
-                             env={"CIPHERLOOP_LOG_LEVEL": "info"}).start()
+        service = start_service(data_dir, admin_token=ADMIN, poll_interval_s=0.1,
+                                env={"CIPHERLOOP_LOG_LEVEL": "info"})
         assert Path(read_lock_info(data_dir)["enclave_socket"]) != sock  # never the old path
         sock = Path(read_lock_info(data_dir)["enclave_socket"])
         # A new enclave process, serving the tenant's key from sealed storage: nobody provisioned.
@@ -196,6 +209,9 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
         assert bad.status_code == 422
         assert c.get("/healthz").status_code == 200
     finally:
+        if enclave_pid is not None:  # failed while it was frozen: let it take SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(enclave_pid, signal.SIGCONT)
         service.stop()
     assert not sock.exists()  # the enclave went down with the service
 
@@ -223,9 +239,9 @@ def _envelope(c: httpx.Client, h: dict[str, str], key: SecretContext,
 def test_relay_refusals_over_http_with_an_external_enclave(
         tmp_path: Path, owner: SecretContext) -> None:
     with EnclaveProcess(state_dir=tmp_path / "enclave", log_path=tmp_path / "enclave.log") as enc:
-        service = ServiceProcess(tmp_path / "data", admin_token=ADMIN, poll_interval_s=0.1,
-                                 args=["--enclave-address", str(enc.socket_path)],
-                                 env={"CIPHERLOOP_LOG_LEVEL": "info"}).start()
+        service = start_service(tmp_path / "data", admin_token=ADMIN, poll_interval_s=0.1,
+                                args=["--enclave-address", str(enc.socket_path)],
+                                env={"CIPHERLOOP_LOG_LEVEL": "info"})
         try:
             t = _tenant(service.url, owner)
             c, h = t["client"], t["owner"]
@@ -259,5 +275,28 @@ def test_relay_refusals_over_http_with_an_external_enclave(
             ok = send(*_envelope(c, h, owner, enc.state_dir))
             assert (ok.status_code, ok.json()) == (200, {"key_id": owner.key_id})
             assert owner.key_id in enc.client.hello()["keys"]
+        finally:
+            service.stop()
+
+
+def test_service_start_takes_another_port_when_its_port_was_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port race of ``free_port``, forced: the first port is taken before the service binds."""
+    import socket
+
+    from cipherloop.cloud import process
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken, process.free_port()])
+        monkeypatch.setattr(process, "free_port", lambda: next(ports))
+        service = start_service(tmp_path / "data", admin_token=ADMIN)
+        try:
+            assert service.port != taken
+            assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
+            first_log = tmp_path / f"service-{taken}.log"
+            assert "address already in use" in first_log.read_text().lower()
         finally:
             service.stop()

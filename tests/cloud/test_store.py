@@ -1,8 +1,8 @@
 """The metadata store (crud + db) on SQLite, and on PostgreSQL when configured.
 
 Every test here runs twice through the ``db_url`` fixture; the PostgreSQL
-run is skipped unless CIPHERLOOP_TEST_POSTGRES_URL is set
-(``scripts/ci-postgres.sh`` starts a server and prints one).
+run needs CIPHERLOOP_TEST_POSTGRES_URL (skipped locally without it, a failure under CI=true;
+``scripts/ci-postgres.sh`` starts a server and prints one).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The round worker: triggers, verdicts, lineage, and recovery from crashes.
 
-These use the FAKE refiner (scripted verdicts, no enclave; see cloudkit). A
+These use the FAKE refiner (scripted verdicts, no enclave; see cloudkit): what
+they test does not depend on the round's content. The worker with the real
+round (LearnRefiner and a real enclave) is in ``test_worker_real.py``. A
 crash is simulated by :class:`cloudkit.Crash`, a ``BaseException`` no code
 catches -- the round is left exactly as ``kill -9`` would leave it. The real
 process-level ``kill -9`` test is in ``test_e2e.py``.
@@ -18,7 +20,6 @@ from fastapi.testclient import TestClient
 
 from cipherloop.cloud import crud
 from cipherloop.cloud.db import Decision, utcnow
-from cipherloop.cloud.settings import Settings
 from cipherloop.cloud.worker import Worker
 from cipherloop.errors import EnclaveUnavailable, ShapeError
 
@@ -253,22 +254,29 @@ def test_rollback_during_a_round_wins_over_its_promotion(client: TestClient, key
     assert done.base_version_id == v2["id"]
 
 
-def test_run_loop_recovers_then_stops(client: TestClient, keys: Keys,
-                                      settings: Settings) -> None:
+def test_run_loop_recovers_then_stops(client: TestClient, keys: Keys, refiner: FakeRefiner) -> None:
     import threading
 
     t = make_tenant(client, keys, policy={"trigger_min_samples": 1})
     _upload(client, t, 20, 1)
+    refiner.error = Crash()
+    with pytest.raises(Crash):  # the previous run of this worker died mid-round
+        _worker(client).tick()
+    assert [(r["state"], r["attempts"]) for r in _rounds(client, t)] == [("running", 1)]
+    refiner.error = None
+    # Its lease (30 s) is fresh: only run()'s recovery can hand the round back this soon.
     stop = threading.Event()
-    worker = _worker(client)
-    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread = threading.Thread(target=_worker(client).run, args=(stop,))
     thread.start()
     try:
-        for _ in range(500):
-            if _rounds(client, t) and _rounds(client, t)[0]["state"] == "done":
+        for _ in range(1000):
+            if _rounds(client, t)[0]["state"] == "done":
                 break
             stop.wait(0.01)
     finally:
         stop.set()
         thread.join(timeout=10)
-    assert _rounds(client, t)[0]["state"] == "done"
+    assert not thread.is_alive()  # stopped when told
+    (rnd,) = _rounds(client, t)
+    assert (rnd["state"], rnd["attempts"]) == ("done", 2)  # recovered: redone, not taken over
+    assert len(refiner.calls) == 2

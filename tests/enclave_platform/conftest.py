@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 
 import cipherloop
-from cipherloop.ckks import CkksParams, SecretContext
 
 PACKAGE = Path(cipherloop.__file__).resolve().parent
 
-
-@pytest.fixture(scope="session")
-def small_key() -> SecretContext:
-    """A real but small CKKS key (N=4096): enough to provision, fast to make."""
-    return SecretContext.generate(CkksParams(4096, (40, 20, 40), 20))
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -108,3 +109,90 @@ def test_begin_checks_challenge_lengths(tmp_path: Path) -> None:
         provision.begin(SimPlatform(tmp_path), b"short", bytes(16))
     with pytest.raises(ValueError, match="session_id"):
         provision.begin(SimPlatform(tmp_path), bytes(32), b"short")
+
+
+def test_sealing_makes_missing_directories_owner_only(tmp_path: Path, small_key: SecretContext) -> None:
+    path = tmp_path / "a" / "b" / "sealed.key"
+    provision.store_sealed(SimPlatform(tmp_path / "state"), path, _provisioned(small_key))
+    assert path.is_file()
+    # Only the directory that holds the key is made owner-only (Path.mkdir gives missing
+    # parents the default mode, like mkdir -p).
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, small_key: SecretContext) -> None:
+    path = tmp_path / "keys" / "sealed.key"
+    path.mkdir(parents=True)  # a directory where the file should go: the final rename fails
+    with pytest.raises(OSError):
+        provision.store_sealed(SimPlatform(tmp_path / "state"), path, _provisioned(small_key))
+    assert [p.name for p in path.parent.iterdir()] == ["sealed.key"]
+
+
+@pytest.mark.parametrize("label", ["cipherloop-sealed-key/v3", "cipherloop-sealed-key/v1", "a", "z"])
+def test_a_sealed_file_under_another_format_label_is_refused(
+    tmp_path: Path, small_key: SecretContext, label: str
+) -> None:
+    path = tmp_path / "sealed.key"
+    sim = SimPlatform(tmp_path)
+    provision.store_sealed(sim, path, _provisioned(small_key))
+    doc = cbor2.loads(path.read_bytes())
+    doc["format"] = label  # the blob itself is intact
+    path.write_bytes(cbor2.dumps(doc))
+    with pytest.raises(KeyMaterialError, match="cannot be opened"):
+        provision.load_sealed(sim, path)
+
+
+def test_a_stale_temporary_file_is_overwritten_not_appended_to(tmp_path: Path,
+                                                             small_key: SecretContext) -> None:
+    path = tmp_path / "sealed.key"
+    sim = SimPlatform(tmp_path)
+    stale = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    stale.write_bytes(b"\xff" * 10_000_000)  # left by a crash: longer than the new file
+    provision.store_sealed(sim, path, _provisioned(small_key))
+    assert provision.load_sealed(sim, path).key_id == small_key.key_id
+    assert not stale.exists()
+    fresh = tmp_path / "fresh" / "sealed.key"
+    provision.store_sealed(sim, fresh, _provisioned(small_key))
+    assert path.stat().st_size == fresh.stat().st_size  # no stale tail after the CBOR document
+
+
+def test_a_write_that_fails_before_the_file_exists_raises_its_own_error(
+    tmp_path: Path, small_key: SecretContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kw: object) -> int:
+        raise PermissionError("no")
+
+    sim = SimPlatform(tmp_path)
+    provision.store_sealed(sim, tmp_path / "first.key", _provisioned(small_key))  # sim state made
+    monkeypatch.setattr(provision.os, "open", refuse)
+    with pytest.raises(PermissionError) as info:
+        provision.store_sealed(sim, tmp_path / "sealed.key", _provisioned(small_key))
+    assert info.value.__context__ is None  # no second error from cleaning up a file never made
+
+
+@pytest.mark.parametrize("platform", ["zzz", "sim2", "a", ""])
+def test_a_sealed_file_relabelled_to_another_platform_is_refused(
+    tmp_path: Path, small_key: SecretContext, platform: str
+) -> None:
+    path = tmp_path / "sealed.key"
+    sim = SimPlatform(tmp_path)
+    provision.store_sealed(sim, path, _provisioned(small_key))
+    doc = cbor2.loads(path.read_bytes())
+    doc["platform"] = platform  # the blob itself is intact and sealed to this platform
+    path.write_bytes(cbor2.dumps(doc))
+    with pytest.raises(KeyMaterialError, match="cannot be opened"):
+        provision.load_sealed(sim, path)
+
+
+@pytest.mark.parametrize(("nonce", "session_id", "match"), [
+    (bytes(31), bytes(16), "nonce"),
+    (bytes(33), bytes(16), "nonce"),
+    ("x" * 32, bytes(16), "nonce"),
+    (bytes(32), bytes(15), "session_id"),
+    (bytes(32), bytes(17), "session_id"),
+    (bytes(32), "x" * 16, "session_id"),
+])
+def test_begin_wants_exact_challenge_lengths(tmp_path: Path, nonce: bytes, session_id: bytes,
+                                             match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        provision.begin(SimPlatform(tmp_path), nonce, session_id)

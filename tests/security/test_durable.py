@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import World, batch, make_world, view
 from enclavekit import holdout, pinned, provision_sim
+from hostkit import World, batch, make_world, view
 
 from cipherloop.ckks import PublicContext, Replicated, SecretContext
 from cipherloop.client.data import encrypt_model

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import World, batch, view, with_scale
+from hostkit import World, batch, view, with_scale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -191,7 +191,7 @@ def test_host_built_holdout_sets_are_refused(worlds: tuple[World, World], host: 
 def test_a_release_on_a_host_crafted_model_is_charged_per_number(
         tmp_path: Any, sec_key: Any, host: PublicContext) -> None:
     """The residual channel: the host picks the model. Each released number is budgeted."""
-    from conftest import make_world
+    from hostkit import make_world
 
     w = make_world(tmp_path, sec_key, max_releases_per_day=4)
     coef = batch(host, [_stored(host, 0.0).times(1.0)], REP)  # any host-built model

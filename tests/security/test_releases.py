@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import World, batch, make_world, view
 from enclavekit import logits_batch
+from hostkit import World, batch, make_world, view
 
 from cipherloop.ckks import CiphertextBatch, Diagonals, PublicContext, Replicated, SecretContext
 from cipherloop.enclave.policy import coarse

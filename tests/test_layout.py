@@ -1,0 +1,264 @@
+"""Slot layouts, exactly: sizes, index arithmetic, masks, rotations and their wire form.
+
+Plain numpy, no ciphers: ``cipherloop/ckks/layout.py`` is index arithmetic that
+the owner, the host and the enclave must agree on to the slot, and the enclave
+rebuilds layouts from untrusted wire descriptions (``from_description``). The
+packing identities the kernels rely on are in ``test_ckks.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import cbor2
+import numpy as np
+import pytest
+
+from cipherloop.ckks import Diagonals, Replicated, SampleBlocks, rotations_for_features
+from cipherloop.ckks.layout import from_description
+from cipherloop.errors import ShapeError
+
+
+# --------------------------------------------------------------------- sample blocks
+@pytest.mark.parametrize(("n", "slots", "blocks"), [(1, 8, 1), (8, 8, 1), (9, 8, 2), (16, 8, 2),
+                                                     (17, 8, 3)])
+def test_sample_blocks_count(n: int, slots: int, blocks: int) -> None:
+    assert SampleBlocks(n, slots).n_blocks == blocks
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_sample_blocks_need_a_sample(n: int) -> None:
+    with pytest.raises(ShapeError, match="at least one sample"):
+        SampleBlocks(n, 8)
+
+
+def test_sample_blocks_pack_pads_with_zeros_and_unpacks() -> None:
+    layout = SampleBlocks(10, 4)
+    packed = layout.pack(np.arange(1.0, 11.0))
+    assert [list(b) for b in packed] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 0, 0]]
+    assert list(layout.unpack(packed)) == list(np.arange(1.0, 11.0))
+    # Extra slots beyond ``slots`` (a longer decrypted vector) are ignored.
+    assert list(layout.unpack([np.r_[b, 99.0] for b in packed])) == list(np.arange(1.0, 11.0))
+
+
+@pytest.mark.parametrize("values", [np.zeros(9), np.zeros(11), np.zeros((2, 6))])
+def test_sample_blocks_pack_checks_the_count(values: np.ndarray) -> None:
+    with pytest.raises(ShapeError, match="expected 10 values"):
+        SampleBlocks(10, 4).pack(values)
+
+
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_sample_blocks_unpack_checks_the_block_count(blocks: int) -> None:
+    with pytest.raises(ShapeError, match="expected 3 blocks"):
+        SampleBlocks(10, 4).unpack([np.zeros(4)] * blocks)
+
+
+def test_mask_marks_exactly_the_range() -> None:
+    layout = SampleBlocks(10, 4)
+    assert np.concatenate(layout.mask()).tolist() == [1.0] * 10 + [0.0] * 2
+    assert np.concatenate(layout.mask(3, 6)).tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert np.concatenate(layout.mask(5)).tolist() == [0] * 5 + [1] * 5 + [0, 0]
+    assert len(layout.mask()) == 3 and all(len(m) == 4 for m in layout.mask())
+
+
+def test_sample_blocks_describe() -> None:
+    assert SampleBlocks(10, 4).describe() == {"kind": "samples", "n_samples": 10, "slots": 4}
+
+
+# ------------------------------------------------------------------------ replicated
+@pytest.mark.parametrize(("n", "period"), [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (16, 16), (17, 32)])
+def test_replicated_period_is_the_next_power_of_two(n: int, period: int) -> None:
+    layout = Replicated.for_features(n, 64)
+    assert (layout.n_values, layout.period, layout.slots) == (n, period, 64)
+
+
+@pytest.mark.parametrize(("n", "period", "slots"), [(3, 3, 64), (3, 6, 64), (5, 4, 64), (3, 128, 64)])
+def test_replicated_refuses_bad_periods(n: int, period: int, slots: int) -> None:
+    with pytest.raises(ShapeError, match="power of two"):
+        Replicated(n, period, slots)
+
+
+def test_replicated_accepts_the_edges() -> None:
+    assert Replicated(4, 4, 4).period == 4      # period == slots, n == period
+    assert Replicated(1, 1, 8).period == 1
+
+
+def test_replicated_pack_repeats_the_padded_vector() -> None:
+    layout = Replicated(3, 4, 12)
+    assert layout.pack([1.0, 2.0, 3.0]).tolist() == [1, 2, 3, 0] * 3
+    assert Replicated(1, 1, 4).pack(2.5).tolist() == [2.5] * 4  # a scalar is one value
+
+
+@pytest.mark.parametrize("values", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0]])
+def test_replicated_pack_checks_the_count(values: list[float]) -> None:
+    with pytest.raises(ShapeError, match="expected 3 values"):
+        Replicated(3, 4, 12).pack(values)
+
+
+def test_replicated_unpack_averages_the_replicas() -> None:
+    layout = Replicated(3, 4, 8)
+    slots = np.array([1.0, 2.0, 3.0, 9.0, 3.0, 4.0, 5.0, 9.0, 100.0])  # one extra slot, ignored
+    assert layout.unpack(slots).tolist() == [2.0, 3.0, 4.0]
+
+
+def test_replicated_describe() -> None:
+    assert Replicated(3, 4, 8).describe() == {"kind": "replicated", "n_values": 3, "period": 4,
+                                              "slots": 8}
+
+
+# ------------------------------------------------------------------------- diagonals
+@pytest.mark.parametrize(("d", "period", "baby", "giant"), [
+    (1, 1, 1, 1), (2, 2, 2, 1), (5, 8, 8, 1), (16, 16, 16, 1), (17, 32, 16, 2), (64, 64, 16, 4),
+])
+def test_diagonals_plan(d: int, period: int, baby: int, giant: int) -> None:
+    layout = Diagonals.plan(100, d, 256)
+    assert (layout.period, layout.baby, layout.giant) == (period, baby, giant)
+    assert layout.samples == SampleBlocks(100, 256)
+    assert layout.model == Replicated(d, period, 256)
+    assert layout.n_blocks == 1
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    ((0, 3, 64, 1), "at least one sample and one feature"),
+    ((10, 0, 64, 1), "at least one sample and one feature"),
+    ((10, 65, 64, 1), "at most 64 features"),
+    ((10, 8, 64, 3), "divide"),
+    ((10, 8, 64, 0), "divide"),
+    ((10, 8, 64, 16), "divide"),
+])
+def test_diagonals_refuse_bad_shapes(args: tuple[int, int, int, int], match: str) -> None:
+    with pytest.raises(ShapeError, match=match):
+        Diagonals(*args)
+
+
+def test_diagonals_accept_the_edges() -> None:
+    assert Diagonals(1, 64, 64, 64).period == 64   # period == slots, baby == period
+    assert Diagonals(1, 1, 64, 1).giant == 1
+
+
+def test_diagonal_index_walks_block_then_giant_then_baby() -> None:
+    layout = Diagonals(600, 32, 256, 8)  # 3 blocks, 4 giant steps, 8 baby steps
+    seen = [layout.index(c, b1, b2) for c in range(3) for b2 in range(4) for b1 in range(8)]
+    assert seen == list(range(3 * 4 * 8))
+    assert layout.index(1, 2, 3) == (1 * 4 + 3) * 8 + 2
+
+
+def test_diagonal_pack_places_each_feature_by_hand() -> None:
+    layout = Diagonals(6, 3, 4, 2)  # period 4, baby 2, giant 2, two blocks
+    X = np.arange(18.0).reshape(6, 3) + 1.0
+    packed = layout.pack(X)
+    assert len(packed) == layout.n_blocks * layout.period == 8
+    padded = np.zeros((8, 4))
+    padded[:6, :3] = X
+    t = np.arange(4)
+    for c in range(2):
+        for b2 in range(2):
+            for b1 in range(2):
+                diag = padded[c * 4 + t, (t + b1 + 2 * b2) % 4]
+                assert packed[layout.index(c, b1, b2)].tolist() == np.roll(diag, 2 * b2).tolist()
+
+
+@pytest.mark.parametrize("shape", [(6, 2), (5, 3), (6,), (6, 3, 1)])
+def test_diagonal_pack_checks_the_shape(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ShapeError, match=r"expected X of shape \(6, 3\)"):
+        Diagonals(6, 3, 4, 2).pack(np.zeros(shape))
+
+
+def test_errors_are_pre_rotated_per_giant_step() -> None:
+    layout = Diagonals(6, 3, 4, 2)
+    e = np.arange(1.0, 7.0)
+    packed = layout.pack_errors(e)
+    blocks = SampleBlocks(6, 4).pack(e)
+    assert len(packed) == 2 * 2
+    for c in range(2):
+        for b2 in range(2):
+            assert packed[c * 2 + b2].tolist() == np.roll(blocks[c], 2 * b2).tolist()
+
+
+@pytest.mark.parametrize(("d", "slots", "steps"), [
+    (1, 16, [1, 2, 4, 8, 15]),          # P=1: fold by every power of two
+    (4, 16, [1, 4, 8, 15]),             # one giant step: no giant rotation key
+    (32, 64, [1, 16, 32, 63]),          # two giant steps of 16
+    (64, 64, [1, 16, 63]),              # P == slots: nothing to fold
+    (16, 16, [1, 15]),                  # P == slots, one giant step: the unit steps alone
+])
+def test_rotations_are_exactly_the_kernels_steps(d: int, slots: int, steps: list[int]) -> None:
+    assert Diagonals.plan(10, d, slots).rotations() == steps
+
+
+def test_rotations_for_features_cover_every_smaller_width() -> None:
+    steps = rotations_for_features(32, 64)
+    assert steps == [1, 2, 4, 8, 16, 32, 63]
+    for d in range(1, 33):
+        assert set(Diagonals.plan(10, d, 64).rotations()) <= set(steps)
+
+
+def test_diagonals_describe() -> None:
+    assert Diagonals(6, 3, 4, 2).describe() == {"kind": "diagonals", "n_samples": 6, "n_features": 3,
+                                                "slots": 4, "baby": 2}
+
+
+# ------------------------------------------------------------- wire descriptions
+@pytest.mark.parametrize("layout", [SampleBlocks(10, 4), Replicated(3, 4, 8), Diagonals(6, 3, 4, 2)])
+def test_layouts_round_trip_through_their_description(layout: Any) -> None:
+    assert from_description(layout.describe()) == layout
+
+
+@pytest.mark.parametrize("desc", [
+    {},
+    {"kind": "pixels", "n_samples": 10, "slots": 4},
+    {"kind": "samples", "slots": 4},
+    {"kind": "samples", "n_samples": "ten", "slots": 4},
+    {"kind": "samples", "n_samples": None, "slots": 4},
+    {"kind": "replicated", "n_values": 3, "period": 4},
+    {"kind": "diagonals", "n_samples": 6, "n_features": 3, "slots": 4},
+    {"kind": "diagonals", "n_samples": [6], "n_features": 3, "slots": 4, "baby": 2},
+    {"kind": "samples", "n_samples": 0, "slots": 4},
+    {"kind": "replicated", "n_values": 5, "period": 4, "slots": 8},
+    {"kind": "diagonals", "n_samples": 6, "n_features": 3, "slots": 4, "baby": 3},
+    [],
+    None,
+])
+def test_malformed_descriptions_are_one_shape_error(desc: Any) -> None:
+    with pytest.raises(ShapeError) as info:
+        from_description(desc)
+    assert type(info.value) is ShapeError
+
+
+@pytest.mark.parametrize("layout", [SampleBlocks(10, 4), Replicated(3, 4, 8), Diagonals(6, 3, 4, 2)])
+def test_descriptions_from_the_wire_rebuild_the_layout(layout: Any) -> None:
+    wire = cbor2.loads(cbor2.dumps(layout.describe()))  # strings as a decoder makes them
+    assert from_description(wire) == layout
+
+
+@pytest.mark.parametrize("kind", ["zzz", "t", "s", "samples2", "replicatedx", "e", "diagonalz",
+                                  "a", "d", "r"])
+def test_only_the_three_kinds_are_layouts(kind: str) -> None:
+    desc = {"kind": kind, "n_samples": 6, "n_features": 3, "slots": 4, "baby": 2, "n_values": 3,
+            "period": 4}
+    with pytest.raises(ShapeError, match="unknown or malformed"):
+        from_description(desc)
+
+
+@pytest.mark.parametrize("layout", [SampleBlocks(10, 4), Replicated(3, 4, 8), Diagonals(6, 3, 4, 2)])
+def test_layouts_are_immutable(layout: Any) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layout.slots = 8
+
+
+def test_block_counts_are_compared_by_value() -> None:
+    layout = SampleBlocks(300, 1)  # 300 blocks: beyond the small ints Python shares
+    assert layout.unpack([np.array([float(i)]) for i in range(300)]).tolist() == list(range(300))
+
+
+def test_rotations_at_the_real_slot_count() -> None:
+    powers = [1 << k for k in range(12)]  # 1 .. 2048
+    assert Diagonals.plan(10, 4, 4096).rotations() == [1, *[p for p in powers if p >= 4], 4095]
+    assert Diagonals.plan(10, 64, 4096).rotations() == [1, 16, 64, 128, 256, 512, 1024, 2048, 4095]
+    assert rotations_for_features(64, 4096) == [*powers, 4095]
+
+
+def test_replicated_counts_are_compared_by_value() -> None:
+    layout = Replicated(300, 512, 1024)  # 300 values: beyond the small ints Python shares
+    assert layout.pack(np.arange(300.0))[:300].tolist() == list(range(300))
