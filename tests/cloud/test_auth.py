@@ -132,6 +132,7 @@ ADMITTED: dict[str, int] = {
     "POST /v1/enclave/provision": 503,
     "POST /v1/tokens": 201,
     "DELETE /v1/tokens/{token_id}": 200,
+    "DELETE /v1/models/{model_id}": 204,                    # the spare model (World.path)
     "POST /v1/contexts": 200,                               # the tenant's context, already there
     "POST /v1/models": 201,
     "PUT /v1/models/{model_id}/policy": 200,

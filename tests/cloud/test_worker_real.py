@@ -21,11 +21,13 @@ from fastapi.testclient import TestClient
 
 from cipherloop.ckks import rotations_for_features
 from cipherloop.client.data import decrypt_model
+from cipherloop.client.provisioning import holdout_pin
 from cipherloop.cloud.app import create_app
 from cipherloop.cloud.refiner import LearnRefiner
 from cipherloop.cloud.settings import Settings
 from cipherloop.cloud.worker import Worker
 from cipherloop.learn import EnclaveProcess, EncryptedModel
+from cipherloop.learn.wire import decode_samples
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +42,19 @@ def real_keys() -> Keys:
 
 
 @pytest.fixture(scope="module")
-def deciding_enclave(real_keys: Keys, tmp_path_factory: pytest.TempPathFactory
-                     ) -> Iterator[EnclaveProcess]:
+def holdout_body(real_keys: Keys) -> bytes:
+    """The owner's hold-out upload: encrypted once, so its digests can be pinned."""
+    return real_keys.samples(40, seed=2)
+
+
+@pytest.fixture(scope="module")
+def deciding_enclave(real_keys: Keys, holdout_body: bytes,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
     """An enclave holding the key under a policy that allows decisions and log-loss."""
+    pin = holdout_pin(*decode_samples(holdout_body, max_bytes=len(holdout_body)))
     with EnclaveProcess(state_dir=tmp_path_factory.mktemp("enclave-yes")) as proc:
-        provision_sim(proc, real_keys.secret, {"release": ["log_loss"], "min_samples": 16})
+        provision_sim(proc, real_keys.secret, {"release": ["log_loss"], "min_samples": 16,
+                                               "holdouts": [pin]})
         yield proc
 
 
@@ -77,9 +87,11 @@ def silent(tmp_path: Path, silent_enclave: EnclaveProcess) -> Iterator[tuple[Tes
     yield from _service(tmp_path, silent_enclave)
 
 
-def _upload(client: TestClient, t: Tenant, n: int, seed: int, kind: str = "data") -> None:
+def _upload(client: TestClient, t: Tenant, n: int, seed: int, kind: str = "data",
+            body: bytes | None = None) -> None:
     r = client.post(f"/v1/models/{t.model_id}/uploads?kind={kind}",
-                    content=t.keys.samples(n, seed=seed), headers=t.owner)
+                    content=body if body is not None else t.keys.samples(n, seed=seed),
+                    headers=t.owner)
     assert r.status_code == 201, r.text
 
 
@@ -102,10 +114,10 @@ def _current(client: TestClient, t: Tenant) -> str:
 
 
 def test_real_round_promotes_a_better_candidate(deciding: tuple[TestClient, Worker],
-                                               real_keys: Keys) -> None:
+                                               real_keys: Keys, holdout_body: bytes) -> None:
     client, worker = deciding
     t = make_tenant(client, real_keys, policy=ROUND)
-    _upload(client, t, 40, 2, "holdout")
+    _upload(client, t, 40, 2, "holdout", body=holdout_body)  # the set the owner pinned
     _upload(client, t, 40, 1)
     rnd = _run_one_round(client, worker, t)
     assert rnd["decision"] == "promote", rnd
