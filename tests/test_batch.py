@@ -120,3 +120,21 @@ def test_batch_is_immutable(batch: CiphertextBatch) -> None:
 def test_open_loads_every_ciphertext_in_order(batch: CiphertextBatch, small_key: SecretContext) -> None:
     values = [small_key.decrypt(ct)[:3] for ct in batch.open(small_key)]
     assert np.allclose(values, [[0.0] * 3, [1.0] * 3], atol=1e-2)  # N=4096: small but noisy
+
+
+@pytest.mark.parametrize("tail", [b"\x00", b"\xa0", b"x" * 100])
+def test_trailing_bytes_after_a_batch_are_refused(batch: CiphertextBatch, tail: bytes) -> None:
+    """cbor2 alone would stop after the first item: the tail would travel unseen."""
+    with pytest.raises(InvalidCiphertext, match="malformed or truncated"):
+        CiphertextBatch.from_bytes(batch.to_bytes() + tail)
+
+
+def test_digest_is_canonical_and_names_every_part(batch: CiphertextBatch) -> None:
+    again = CiphertextBatch.from_bytes(batch.to_bytes())
+    assert again.digest() == batch.digest() and len(batch.digest()) == 64
+    for changed in (dataclasses.replace(batch, layout={**batch.layout, "n_samples": 2}),
+                    dataclasses.replace(batch, items=batch.items[:-1]),
+                    dataclasses.replace(batch, key_id="0" * 32)):
+        assert changed.digest() != batch.digest()
+    reordered = dataclasses.replace(batch, layout=dict(reversed(list(batch.layout.items()))))
+    assert reordered.digest() == batch.digest()  # key order is not content

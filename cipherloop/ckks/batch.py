@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,22 @@ from .vector import Ciphertext
 _FORMAT = "cipherloop-ct-batch/v1"
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
+
+
+def cbor_one(data: bytes) -> Any:
+    """Decode exactly one CBOR item; ``ValueError`` on anything else, trailing bytes included.
+
+    ``cbor2.loads`` stops after the first item and ignores the rest, so bytes
+    after a valid item would travel (and be hashed) unseen.
+    """
+    fp = io.BytesIO(data)
+    try:
+        doc = cbor2.CBORDecoder(fp).decode()
+    except Exception:
+        raise ValueError("not one CBOR item") from None
+    if fp.tell() != len(data):
+        raise ValueError("trailing bytes after the CBOR item")
+    return doc
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,7 @@ class CiphertextBatch:
         if len(data) > max_bytes:
             raise InvalidCiphertext(f"ciphertext batch larger than the {max_bytes}-byte limit")
         try:
-            doc = cbor2.loads(data)
+            doc = cbor_one(data)
             if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
                 raise ValueError
             items = doc["items"]

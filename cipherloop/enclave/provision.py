@@ -136,13 +136,13 @@ class Offer:
         """
         try:
             collateral = data.get("collateral")
-            offer = cls(
-                platform=str(data["platform"]),
-                evidence=bytes(data["evidence"]),
-                public_key=bytes(data["public_key"]),
-                session_id=bytes(data["session_id"]),
-                collateral=None if collateral is None else str(collateral),
-            )
+            fields = {k: data[k] for k in ("evidence", "public_key", "session_id")}
+            # bytes(12) would be twelve zero bytes: only real byte strings are taken.
+            if not all(isinstance(v, bytes) for v in fields.values()) or not (
+                    isinstance(data["platform"], str)
+                    and (collateral is None or isinstance(collateral, str))):
+                raise TypeError
+            offer = cls(platform=data["platform"], collateral=collateral, **fields)
         except (KeyError, TypeError, ValueError):
             raise EvidenceMalformed("offer is missing a field or has a wrong type") from None
         return offer

@@ -8,11 +8,10 @@ names it (the service's idempotency key).
 
 from __future__ import annotations
 
-import io
-
 import cbor2
 
 from ..ckks import CiphertextBatch
+from ..ckks.batch import cbor_one
 from ..errors import InvalidCiphertext
 
 SAMPLES_FORMAT = "cipherloop-samples/v1"
@@ -34,13 +33,12 @@ def require_one_cbor_item(body: bytes) -> None:
     ------
     InvalidCiphertext
     """
-    fp = io.BytesIO(body)
     try:
-        cbor2.CBORDecoder(fp).decode()
-    except Exception:
-        raise InvalidCiphertext("not a CBOR body (malformed or truncated)") from None
-    if fp.tell() != len(body):
-        raise InvalidCiphertext("trailing bytes after the CBOR body")
+        cbor_one(body)
+    except ValueError as exc:
+        message = ("trailing bytes after the CBOR body" if "trailing" in str(exc)
+                   else "not a CBOR body (malformed or truncated)")
+        raise InvalidCiphertext(message) from None
 
 
 def decode_samples(body: bytes, *, max_bytes: int) -> tuple[CiphertextBatch, CiphertextBatch]:

@@ -432,3 +432,15 @@ def test_an_offer_field_of_the_wrong_type_is_malformed(sim: SimPlatform, field: 
         doc = {**offer.to_dict(), field: bad}
         with pytest.raises(EvidenceMalformed, match="missing a field or has a wrong type"):
             provision.Offer.from_dict(doc)
+
+
+@pytest.mark.parametrize(("field", "value"), [("evidence", 12), ("public_key", 32),
+                                              ("session_id", "0" * 16), ("platform", b"sim"),
+                                              ("collateral", b"{}")])
+def test_an_offer_field_of_the_wrong_type_is_malformed(sim: SimPlatform, field: str,
+                                                       value: object) -> None:
+    """bytes(12) is twelve zero bytes: an int must not pass for a byte string."""
+    offer, _ = provision.begin(sim, bytes(32), bytes(16))
+    doc = {**offer.to_dict(), field: value}
+    with pytest.raises(EvidenceMalformed):
+        provision.Offer.from_dict(doc)
