@@ -132,9 +132,12 @@ def test_error_step_returns_only_ciphertexts(enclave: EnclaveProcess, owner_key:
     # sigmoid(0) - 1 = -0.5, times 0.5 / 100 -> -0.0025 on the 100 samples, 0 on padding
     values = owner_key.decrypt(e[0])
     assert np.allclose(values[:100], -0.0025, atol=1e-6) and np.allclose(values[100:], 0, atol=1e-6)
+    assert all(c.level == owner_key.params.top_level for c in e)  # the level asked for
     assert s_raw is not None
-    total = owner_key.decrypt(CiphertextBatch.from_bytes(s_raw).open(owner_key)[0])
-    assert np.allclose(total, -0.25, atol=1e-5)
+    (total_ct,) = CiphertextBatch.from_bytes(s_raw).open(owner_key)
+    assert total_ct.level == owner_key.params.top_level - 1  # where the gradient lands
+    assert total_ct.scale == owner_key.params.scale
+    assert np.allclose(owner_key.decrypt(total_ct), -0.25, atol=1e-5)
 
 
 @pytest.mark.parametrize("override,error", [
@@ -145,6 +148,9 @@ def test_error_step_returns_only_ciphertexts(enclave: EnclaveProcess, owner_key:
     ({"learning_rate": float("nan")}, BadRequest),
     ({"level": 99}, BadRequest),
     ({"level": 0}, BadRequest),
+    ({"level": 4}, BadRequest),  # top + 1: the special prime's level, never a data level
+    ({"learning_rate": 0.0}, BadRequest),
+    ({"learning_rate": -0.5}, BadRequest),
     ({"features": {"kind": "diagonals", "n_samples": 7}}, ShapeError),
     ({"z": b"\x00garbage"}, InvalidCiphertext),
 ])
@@ -153,6 +159,16 @@ def test_error_step_validates_before_decrypting(enclave: EnclaveProcess, host_co
     with pytest.raises(error):
         enclave.client.logistic_error(host_context.key_id, **_error_args(host_context, **override))  # type: ignore[arg-type]
     assert _still_serving(enclave)
+
+
+def test_labels_of_another_block_count_are_refused(enclave: EnclaveProcess,
+                                                   host_context: PublicContext) -> None:
+    L = Diagonals.plan(5000, 8, SLOTS)
+    z = logits_batch(host_context, L.samples.pack(np.zeros(5000)), L.samples.describe())
+    y = _batch(host_context, L.samples.pack(np.ones(5000))[:1], L.samples.describe(), level=0)
+    with pytest.raises(ShapeError, match="same, non-zero number of blocks"):
+        enclave.client.logistic_error(host_context.key_id, **_error_args(  # type: ignore[arg-type]
+            host_context, n=5000, z=z, y=y))
 
 
 def test_wrong_shapes_are_refused(enclave: EnclaveProcess, host_context: PublicContext) -> None:
