@@ -36,14 +36,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import CipherloopError, EnclaveUnavailable
+from ..ckks import PublicContext
+from ..errors import CipherloopError, EnclaveUnavailable, EngineUnavailable
 from ..learn import EnclaveClient
+from ..learn.dataset import store_blocks
 from ..learn.wire import decode_samples
 from . import crud
 from .blobs import BlobStore
 from .db import Round, make_engine, make_sessionmaker, utcnow
 from .keys import ContextCache
-from .refiner import LearnRefiner, Refiner, RoundSpec, SampleSet
+from .refiner import LearnRefiner, Refiner, RoundSpec, SampleSet, StoredSamples
 from .settings import Settings
 
 log = logging.getLogger("cipherloop.cloud.worker")
@@ -165,6 +167,21 @@ class Worker:
                                           max_bytes=self.settings.max_body_bytes)
         return SampleSet(features, labels)
 
+    def _stored(self, context: PublicContext, sha256: str) -> StoredSamples:
+        """An upload as per-block blobs, split on first use (one upload in memory at a time).
+
+        The upload blob stays the durable record; the blocks and the link to
+        their manifest are a derived index, rebuilt from it if missing.
+        """
+        name = f"blocks-{sha256}"
+        manifest = self.blobs.resolve(name)
+        if manifest is None:
+            upload = self._samples(sha256)
+            manifest = store_blocks(context, self.blobs, upload.features, upload.labels)
+            del upload
+            self.blobs.link(name, manifest)
+        return StoredSamples(self.blobs, manifest)
+
     def run_round(self, rnd: Round) -> None:
         """Run a claimed round to done, failed or back to pending. Never raises for the round."""
         attempt = rnd.attempts
@@ -175,11 +192,12 @@ class Worker:
             with _Heartbeat(self.sessions, rnd, worker_id=self.worker_id, interval=beat,
                             clock=self.clock):
                 self._run_round(rnd, owner)
-        except EnclaveUnavailable as exc:
+        except (EnclaveUnavailable, EngineUnavailable) as exc:
             with self.sessions() as s:
                 if attempt < self.settings.max_attempts:
                     delay = self.settings.retry_backoff_s * attempt
-                    log.warning("round %s: enclave unavailable; retry in %.0fs", rnd.id, delay)
+                    what = "enclave" if isinstance(exc, EnclaveUnavailable) else "engine"
+                    log.warning("round %s: %s unavailable; retry in %.0fs", rnd.id, what, delay)
                     crud.retry_later(s, error=str(exc),
                                      not_before=self.clock() + timedelta(seconds=delay), **owner)
                 else:
@@ -210,10 +228,11 @@ class Worker:
         if context is None or base is None or not data:
             raise CipherloopError("the round's inputs are incomplete")
         spec = RoundSpec.from_dict(rnd.spec)
+        public = self.contexts.get(context.sha256)
         result = self.refiner.refine_round(
-            self.contexts.get(context.sha256),
+            public,
             self.blobs.read(base.sha256),
-            [self._samples(u.sha256) for u in data],
+            [self._stored(public, u.sha256) for u in data],
             None if holdout is None else self._samples(holdout.sha256),
             spec,
         )
