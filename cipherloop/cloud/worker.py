@@ -45,7 +45,7 @@ from . import crud
 from .blobs import BlobStore
 from .db import Round, make_engine, make_sessionmaker, utcnow
 from .keys import ContextCache
-from .refiner import LearnRefiner, Refiner, RoundSpec, SampleSet, StoredSamples
+from .refiner import EngineFactory, LearnRefiner, Refiner, RoundSpec, SampleSet, StoredSamples
 from .settings import Settings
 
 log = logging.getLogger("cipherloop.cloud.worker")
@@ -249,6 +249,26 @@ class Worker:
                      version.decision, version.number)
 
 
+def engine_factory(settings: Settings) -> EngineFactory | None:
+    """The engine rounds run on: ``None`` (a local engine per round) or one shared Ray engine.
+
+    An unreachable Ray cluster is logged here, clearly, and is not fatal: the
+    HTTP server keeps taking uploads, and each round that finds no cluster
+    goes back to pending and is retried later (up to ``max_attempts``).
+    """
+    if settings.engine == "local":
+        return None
+    from ..learn.ray_engine import RayEngine  # the optional extra, imported only when asked
+
+    engine = RayEngine(address=settings.ray_address, n_workers=settings.ray_workers)
+    try:
+        engine.connect()
+        log.info("rounds run on Ray (%d workers)", settings.ray_workers)
+    except EngineUnavailable as exc:
+        log.error("%s; uploads are still accepted, rounds wait and retry", exc)
+    return lambda context: engine.connect()
+
+
 def _exit_with_parent(parent_pid: int) -> None:
     """Die when the server process dies, even by ``kill -9`` (no orphaned workers)."""
     while True:
@@ -282,7 +302,7 @@ def worker_main(settings: Settings, parent_pid: int | None = None) -> None:
     blobs = BlobStore(settings.blob_dir)
     enclave = None if settings.enclave_address is None else EnclaveClient(
         settings.enclave_address)
-    refiner = LearnRefiner(enclave)
+    refiner = LearnRefiner(enclave, engine=engine_factory(settings))
     try:
         Worker(sessions=make_sessionmaker(engine), blobs=blobs, refiner=refiner,
                settings=settings).run(stop)
