@@ -162,3 +162,18 @@ def test_a_worker_lost_for_good_abandons_the_round_and_the_next_one_starts_fresh
         assert stats.steps == 1 and len(engine.worker_pids()) == 2
     finally:
         engine.close()
+
+
+def test_estimator_on_ray_learns_what_the_local_one_learns(ray_cluster: str) -> None:
+    from cipherloop.client.estimator import EncryptedLogisticRegression
+    X, y = _data(300, 5, seed=7)
+    fitted = []
+    for engine in ("local", "ray"):
+        clf = EncryptedLogisticRegression(max_iter=3, engine=engine, n_jobs=2)
+        try:
+            fitted.append(clf.fit(X, y))
+        finally:
+            clf.close()
+    local, on_ray = fitted
+    np.testing.assert_allclose(on_ray.coef_, local.coef_, atol=1e-3)
+    assert on_ray.score(X, y) > 0.9

@@ -171,13 +171,15 @@ def upload_body(context: _ContextBase, X: object, y: object, *,
     return encode_samples(*encrypt_batches(context, X, y, progress=progress, n_jobs=n_jobs))
 
 
-def encrypt_features(context: _ContextBase, X: object) -> CiphertextBatch:
-    """Features alone, for encrypted inference."""
+def encrypt_features(context: _ContextBase, X: object, *, n_jobs: int | None = None
+                     ) -> CiphertextBatch:
+    """Features alone, for encrypted inference (``n_jobs`` as :func:`encrypt_batches`)."""
     Xa = np.asarray(X, dtype=np.float64)
     if Xa.ndim != 2 or not np.all(np.isfinite(Xa)):
         raise ShapeError("X must be a finite 2-D array of shape (n_samples, n_features)")
     layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots)
-    items = tuple(context.encrypt_bytes(a) for a in layout.pack(Xa))
+    blocks = _seal_blocks(context, Xa, None, layout, n_jobs=n_jobs, store=None, progress=None)
+    items = tuple(b for blk in blocks if isinstance(blk.features, tuple) for b in blk.features)
     return CiphertextBatch(context.params.digest(), context.key_id, layout.describe(), items)
 
 

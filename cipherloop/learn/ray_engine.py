@@ -8,9 +8,10 @@ How a step runs:
 
 * **Data never travels through the driver.** A data set is named by its
   blocks' blob names (:class:`~cipherloop.learn.dataset.StreamedDataset`);
-  block ``c`` belongs to actor ``c % n_workers``, which reads it from the
-  blob store by content address itself (a path all nodes share) and keeps it
-  loaded (within its own working set) for the next steps.
+  each block belongs to one actor (given on first sight to the actor owning
+  fewest), which reads it from the blob store by content address itself (a
+  path all nodes share) and keeps it loaded (within its own working set) for
+  the next steps.
 * **The model is broadcast** through Ray's object store each step: one
   ``ray.put`` of the look-ahead weights (and intercept) that every actor
   reads. The public context goes the same way, once per engine and key;
@@ -174,7 +175,7 @@ class RayEngine:
         A running cluster's address (``host:port`` of its head); ``None``
         joins the cluster this process already joined, or starts a local one.
     n_workers : int
-        Actors; block ``c`` belongs to actor ``c % n_workers``.
+        Actors the blocks are sharded over.
     cpus_per_worker : float
         Ray CPUs each actor reserves (actors spread over nodes).
     working_set : int
@@ -204,6 +205,7 @@ class RayEngine:
         self.traffic = Traffic()
         self._actors: list[Any] = []
         self._contexts: dict[str, list[Any]] = {}
+        self._owner: dict[str, int] = {}  # block blob name -> actor that owns it
         self._started_ray = False
 
     def __repr__(self) -> str:
@@ -214,10 +216,10 @@ class RayEngine:
         """Join the cluster and start the actors (idempotent)."""
         if self._actors:
             return self
+        if self.address is not None:
+            _check_reachable(self.address, self.connect_timeout)
         try:
             if not ray.is_initialized():
-                if self.address is not None:
-                    _check_reachable(self.address, self.connect_timeout)
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
                 self._started_ray = True
@@ -241,6 +243,7 @@ class RayEngine:
                 ray.kill(a)
         self._actors = []
         self._contexts.clear()
+        self._owner.clear()
         return EngineUnavailable(f"a Ray worker was lost and not replaced ({type(exc).__name__})")
 
     def worker_pids(self) -> list[int]:
@@ -253,6 +256,7 @@ class RayEngine:
             ray.kill(a)
         self._actors = []
         self._contexts.clear()
+        self._owner.clear()
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
@@ -274,11 +278,24 @@ class RayEngine:
             self._contexts[context.key_id] = ref
         return ref
 
-    def _shards(self, blocks: Sequence[int]) -> list[tuple[int, list[int], list[int]]]:
-        """``(actor, positions in blocks, block numbers)`` for every actor with work."""
+    def _shards(self, data: StreamedDataset, blocks: Sequence[int]
+                ) -> list[tuple[int, list[int], list[int]]]:
+        """``(actor, positions in blocks, block numbers)`` for every actor with work.
+
+        A block belongs to the actor it was first given to (the one owning
+        fewest blocks then), so shards stay put across steps and rounds and
+        stay balanced across data sets of any size.
+        """
+        for c in blocks:
+            name = data.block_key(c)
+            if name not in self._owner:
+                load = [0] * self.n_workers
+                for k in self._owner.values():
+                    load[k] += 1
+                self._owner[name] = load.index(min(load))
         out = []
         for k in range(self.n_workers):
-            pos = [i for i, c in enumerate(blocks) if c % self.n_workers == k]
+            pos = [i for i, c in enumerate(blocks) if self._owner[data.block_key(c)] == k]
             if pos:
                 out.append((k, pos, [blocks[i] for i in pos]))
         return out
@@ -292,7 +309,7 @@ class RayEngine:
             desc = d.describe()
             w, b = u_w.to_bytes(), None if u_b is None else u_b.to_bytes()
             w_ref, b_ref = ray.put(w), None if b is None else ray.put(b)
-            shards = self._shards(blocks)
+            shards = self._shards(d, blocks)
             self.traffic.to_workers += (len(w) + len(b or b"")) * len(shards)
             refs = [self._actors[k].logits.remote(d.context.key_id, ctx, desc, cs, w_ref, b_ref)
                     for k, _, cs in shards]
@@ -317,7 +334,7 @@ class RayEngine:
             desc = d.describe()
             key = d.context.key_id
             parts: list[tuple[int, Any]] = []
-            for k, pos, cs in self._shards(blocks):
+            for k, pos, cs in self._shards(d, blocks):
                 mine = [x for i in pos for x in items[i * G:(i + 1) * G]]
                 self.traffic.to_workers += sum(len(x) for x in mine)
                 parts.append((k, self._actors[k].gradient.remote(key, ctx, desc, cs, mine)))
