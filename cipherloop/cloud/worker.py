@@ -12,8 +12,9 @@ rounds through their states:
   version row, the round's verdict and (on promotion) the model's current
   pointer are written in one transaction -- a version is never half-written;
 * ``running -> failed``: an error the owner must look at (they may retry);
-* ``running -> pending``: the enclave was unreachable (retried with
-  backoff), or the worker died: on start a worker redoes every round it left
+* ``running -> pending``: the enclave or the Ray cluster was unreachable,
+  or Ray lost a worker it could not replace (retried with backoff), or the
+  worker died: on start a worker redoes every round it left
   running, and any worker redoes a round whose heartbeat went stale.
 
 A crash or ``kill -9`` at any point therefore loses nothing: an upload is
@@ -39,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..ckks import PublicContext
 from ..errors import CipherloopError, EnclaveUnavailable, EngineUnavailable
 from ..learn import EnclaveClient
-from ..learn.dataset import store_blocks
+from ..learn.dataset import blob_names, store_blocks
 from ..learn.wire import decode_samples
 from . import crud
 from .blobs import BlobStore
@@ -175,6 +176,9 @@ class Worker:
         """
         name = f"blocks-{sha256}"
         manifest = self.blobs.resolve(name)
+        if manifest is not None and not all(
+                self.blobs.exists(b) for b in blob_names(self.blobs.read(manifest))):
+            manifest = None  # a block went missing: rebuild the index from the upload
         if manifest is None:
             upload = self._samples(sha256)
             manifest = store_blocks(context, self.blobs, upload.features, upload.labels)

@@ -154,6 +154,12 @@ class Manifest:
             raise InvalidCiphertext("not a data set manifest (malformed or truncated)") from None
 
 
+def blob_names(manifest: bytes) -> list[str]:
+    """Every block blob a manifest names (features, then labels)."""
+    m = Manifest.from_bytes(manifest)
+    return [*m.features, *m.labels]
+
+
 def write_manifest(context: _ContextBase, store: BlobStore, layout: Diagonals, level: int,
                    features: Sequence[str], labels: Sequence[str]) -> str:
     """Store a manifest for blocks already in ``store``; returns its blob name."""
