@@ -18,7 +18,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[a-z0-9-]{1,100}")
@@ -39,6 +42,30 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class BlobReader:
+    """Sequential reads of one blob, hashed as they go (see :meth:`BlobStore.reader`)."""
+
+    def __init__(self, f: BinaryIO, digest: str) -> None:
+        self._f = f
+        self._digest = digest
+        self._hash = hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer at the end of the file)."""
+        data = self._f.read(n)
+        self._hash.update(data)
+        return data
+
+    def verify(self, *, at_end: bool = True) -> None:
+        """Hash the rest and check the name; ``at_end`` also refuses bytes nobody read."""
+        rest = self._f.read()
+        self._hash.update(rest)
+        if self._hash.hexdigest() != self._digest:
+            raise BlobCorrupted(f"blob {self._digest[:12]}... does not match its name")
+        if at_end and rest:
+            raise BlobCorrupted(f"blob {self._digest[:12]}... is longer than its contents")
 
 
 class BlobStore:
@@ -123,6 +150,22 @@ class BlobStore:
         if sha256_hex(data) != digest:
             raise BlobCorrupted(f"blob {digest[:12]}... does not match its name")
         return data
+
+    @contextmanager
+    def reader(self, digest: str) -> Iterator[BlobReader]:
+        """Read a blob piece by piece, hashing as it goes; call ``verify()`` before trusting it.
+
+        For blobs too large to hold twice (a block of ciphertexts): the caller
+        keeps one piece at a time, and :meth:`BlobReader.verify` raises
+        :class:`BlobCorrupted` unless the whole file hashes to its name.
+
+        Raises
+        ------
+        FileNotFoundError
+            No blob has this name.
+        """
+        with self.path(digest).open("rb") as f:
+            yield BlobReader(f, digest)
 
     def link(self, name: str, digest: str) -> None:
         """Durably point ``name`` at the blob ``digest`` (a derived index, e.g. an upload's blocks).

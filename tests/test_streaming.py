@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cipherloop.blobstore import BlobStore
+from cipherloop.blobstore import BlobCorrupted, BlobStore
 from cipherloop.ckks import CiphertextBatch, PublicContext, SecretContext
 from cipherloop.client.data import (
     decrypt_model,
@@ -91,6 +91,20 @@ def test_blocks_refuse_another_key(tmp_path: Path, other_key: SecretContext,
         StreamedDataset.open(other_key.public_context(), store, manifest)
     with pytest.raises(ParameterMismatch):
         store_blocks(other_key.public_context(), store, *three_blocks)
+
+
+def test_a_corrupted_block_is_refused(tmp_path: Path, host_context: PublicContext,
+                                      three_blocks: tuple[CiphertextBatch, CiphertextBatch]) -> None:
+    store = BlobStore(tmp_path)
+    data = StreamedDataset.open(host_context, store, store_blocks(host_context, store,
+                                                                  *three_blocks))
+    path = store.path(data.feature_blocks[1])
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 1
+    path.write_bytes(bytes(raw))
+    assert len(data.block(0)) == data.layout.period
+    with pytest.raises(BlobCorrupted):
+        data.block(1)
 
 
 def test_streamed_training_matches_plaintext(tmp_path: Path, owner_key: SecretContext,

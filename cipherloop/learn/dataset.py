@@ -19,9 +19,10 @@ stored as it came (the durable, acknowledged record); its blocks are a
 derived index that can always be rebuilt from it.
 
 A block blob is ``MAGIC | u32 header length | CBOR header | ciphertext
-bytes``: unlike a CBOR list of byte strings it is parsed without copying
-every ciphertext once more, so reading a block costs its bytes once plus
-the loaded ciphertexts.
+bytes``: unlike a CBOR list of byte strings it can be read one ciphertext at
+a time, hashed as it goes, so reading a block holds one ciphertext's bytes
+beside the loaded ones -- never the block's bytes -- and still returns
+nothing unless the whole blob matches its name.
 """
 
 from __future__ import annotations
@@ -79,13 +80,10 @@ def encode_block(context: _ContextBase, items: Sequence[bytes]) -> bytes:
     return b"".join([_MAGIC, struct.pack(">I", len(header)), header, *items])
 
 
-def decode_block(context: _ContextBase, data: bytes, *, count: int) -> list[bytes]:
-    """Split a block blob into its ciphertexts' bytes, refusing another key or a wrong count."""
+def _header(context: _ContextBase, head: bytes, *, count: int) -> list[int]:
+    """Parse a block blob's header; the ciphertexts' lengths, after checking key and count."""
     try:
-        if data[:8] != _MAGIC:
-            raise ValueError
-        (hlen,) = struct.unpack(">I", data[8:12])
-        doc = cbor2.loads(data[12:12 + hlen])
+        doc = cbor2.loads(head)
         lengths = [int(n) for n in doc["lengths"]]
         params, key_id = str(doc["params"]), str(doc["key_id"])
     except Exception:
@@ -94,26 +92,33 @@ def decode_block(context: _ContextBase, data: bytes, *, count: int) -> list[byte
         raise ParameterMismatch("ciphertexts were made under other CKKS parameters")
     if not hmac.compare_digest(key_id, context.key_id):
         raise ParameterMismatch("ciphertexts were made under another key")
-    if len(lengths) != count or 12 + hlen + sum(lengths) != len(data):
+    if len(lengths) != count or any(n < 1 for n in lengths):
         raise InvalidCiphertext(f"expected a block of {count} ciphertexts")
-    view = memoryview(data)
-    out, pos = [], 12 + hlen
-    for n in lengths:
-        out.append(bytes(view[pos:pos + n]))
-        pos += n
-    return out
+    return lengths
+
+
+def _hlen(prefix: bytes) -> int:
+    if len(prefix) != 12 or prefix[:8] != _MAGIC:
+        raise InvalidCiphertext("not a block of ciphertexts (malformed or truncated)")
+    return int(struct.unpack(">I", prefix[8:12])[0])
 
 
 def load_block(context: _ContextBase, store: BlobStore, digest: str, *, count: int
                ) -> list[Ciphertext]:
-    """Read a block blob (hash-checked) and load its ciphertexts one by one."""
-    data = store.read(digest)
-    items = decode_block(context, data, count=count)
-    del data
-    out = []
-    for i in range(count):
-        out.append(context.load_ciphertext(items[i]))
-        items[i] = b""  # drop each ciphertext's bytes once loaded
+    """Read a block blob ciphertext by ciphertext, load each, and check the blob's hash.
+
+    Only one ciphertext's bytes are in memory at a time, next to the loaded
+    ones; nothing is returned unless the whole blob hashes to its name.
+    """
+    with store.reader(digest) as r:
+        lengths = _header(context, r.read(_hlen(r.read(12))), count=count)
+        out = []
+        for n in lengths:
+            raw = r.read(n)
+            if len(raw) != n:
+                raise InvalidCiphertext(f"expected a block of {count} ciphertexts")
+            out.append(context.load_ciphertext(raw))
+        r.verify()
     return out
 
 

@@ -133,6 +133,7 @@ class LocalEngine:
             if terms is None:
                 terms = kernels.model_terms(u_w, u_b, data.layout, block[0].scale)
             out[i] = kernels.logits_block(block, terms[0], data.layout, 0, terms[1])
+            del block  # the cache alone holds it: evicting it before the next load frees it
         return [z for z in out if z is not None]
 
     def gradient(self, data: Dataset, errors: CiphertextBatch,
@@ -146,6 +147,7 @@ class LocalEngine:
             block = self._cache.get(data, c, capacity)
             e = [self.context.load_ciphertext(b) for b in items[i * G:(i + 1) * G]]
             t = kernels.gradient_terms(block, e, layout)
+            del block, e
             acc = t if acc is None else kernels.add_terms(acc, t)
         assert acc is not None
         return kernels.fold_replicas(kernels.finish_terms(acc, layout), layout)

@@ -116,6 +116,7 @@ class ShardWorker:
             if terms is None:
                 terms = kernels.model_terms(u_w, u_b, data.layout, block[0].scale)
             out.append(kernels.logits_block(block, terms[0], data.layout, 0, terms[1]).to_bytes())
+            del block  # the cache alone holds it
         return out
 
     def gradient(self, key_id: str, ctx_ref: list[Any], desc: dict[str, Any], blocks: list[int],
@@ -129,6 +130,7 @@ class ShardWorker:
             block = self._cache.get(data, c, capacity)
             e = [ctx.load_ciphertext(x) for x in errors[i * G:(i + 1) * G]]
             t = kernels.gradient_terms(block, e, data.layout)
+            del block, e
             acc = t if acc is None else kernels.add_terms(acc, t)
         assert acc is not None
         return [t.to_bytes() for t in acc]
