@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,7 @@ def main() -> None:
                     help="largest n run on Ray (its actors keep every block loaded)")
     ns = ap.parse_args()
     t_start = time.perf_counter()
+    load_before = os.getloadavg()
     key = SecretContext.generate(preset("n8192"), rotations_for_features(D, 4096))
     public = key.public_context()
     tmp = Path(tempfile.mkdtemp(prefix="cipherloop-scale-"))
@@ -193,16 +195,20 @@ def main() -> None:
                         s.ray[workers] = ray_epochs(data, public, proc.client, workers)
             finally:
                 ray.shutdown()
-    report(sizes, enc, time.perf_counter() - t_start)
+    report(sizes, enc, time.perf_counter() - t_start, load_before, os.getloadavg())
 
 
 def _mb(b: float) -> str:
     return f"{b / 1e6:8.1f}"
 
 
-def report(sizes: list[Size], enc: dict[int, float], total: float) -> None:
+def report(sizes: list[Size], enc: dict[int, float], total: float,
+           load_before: tuple[float, float, float], load_after: tuple[float, float, float]) -> None:
     print(f"\ncipherloop scale benchmark: {D} features, CKKS N=8192, batch {BATCH}, "
           f"seeded owner encryption")
+    print(f"machine: {os.cpu_count()} cores; load average {load_before[0]:.1f} at start, "
+          f"{load_after[0]:.1f} / {load_after[2]:.1f} (1 / 15 min) at the end -- above the core "
+          "count, parallel speed-ups are capped by the CPU other processes take")
     print(f"\nencryption: 1 process {enc[1]:7.0f} samples/s, 2 processes {enc[2]:7.0f} samples/s "
           f"(x{enc[2] / enc[1]:.2f})")
     print("\nlocal engine, a fresh process per row (streamed: 1 GiB working set, i.e. one block "
