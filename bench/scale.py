@@ -155,7 +155,7 @@ def main() -> None:
     store = BlobStore(tmp / "blobs")
 
     # -- encryption throughput: one block per task, 1 and 2 processes ----------------
-    n_enc = min(max(ns.sizes), 16_384)
+    n_enc = max(8192, min(max(ns.sizes), 16_384))  # at least two blocks, one per process
     X, y = synthetic(n_enc, seed=1)
     enc: dict[int, float] = {}
     for jobs in (1, 2):

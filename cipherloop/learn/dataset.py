@@ -43,6 +43,8 @@ from ..errors import InvalidCiphertext, ParameterMismatch, ShapeError
 
 _MAGIC = b"CLBLOCK1"
 _MANIFEST_FORMAT = "cipherloop-blocks/v1"
+_MAX_HEADER = 1 << 24  # bytes of a block blob's header (lengths of up to ~1M ciphertexts)
+_MAX_ITEM = 1 << 26  # bytes of one ciphertext (N=32768 at 20 primes is ~21 MB)
 
 
 class Dataset(Protocol):
@@ -92,7 +94,7 @@ def _header(context: _ContextBase, head: bytes, *, count: int) -> list[int]:
         raise ParameterMismatch("ciphertexts were made under other CKKS parameters")
     if not hmac.compare_digest(key_id, context.key_id):
         raise ParameterMismatch("ciphertexts were made under another key")
-    if len(lengths) != count or any(n < 1 for n in lengths):
+    if len(lengths) != count or any(not 0 < n <= _MAX_ITEM for n in lengths):
         raise InvalidCiphertext(f"expected a block of {count} ciphertexts")
     return lengths
 
@@ -100,7 +102,10 @@ def _header(context: _ContextBase, head: bytes, *, count: int) -> list[int]:
 def _hlen(prefix: bytes) -> int:
     if len(prefix) != 12 or prefix[:8] != _MAGIC:
         raise InvalidCiphertext("not a block of ciphertexts (malformed or truncated)")
-    return int(struct.unpack(">I", prefix[8:12])[0])
+    n = int(struct.unpack(">I", prefix[8:12])[0])
+    if n > _MAX_HEADER:  # a damaged length must not make us read gigabytes before the hash check
+        raise InvalidCiphertext("not a block of ciphertexts (malformed or truncated)")
+    return n
 
 
 def load_block(context: _ContextBase, store: BlobStore, digest: str, *, count: int
@@ -111,13 +116,17 @@ def load_block(context: _ContextBase, store: BlobStore, digest: str, *, count: i
     ones; nothing is returned unless the whole blob hashes to its name.
     """
     with store.reader(digest) as r:
-        lengths = _header(context, r.read(_hlen(r.read(12))), count=count)
-        out = []
-        for n in lengths:
-            raw = r.read(n)
-            if len(raw) != n:
-                raise InvalidCiphertext(f"expected a block of {count} ciphertexts")
-            out.append(context.load_ciphertext(raw))
+        try:
+            lengths = _header(context, r.read(_hlen(r.read(12))), count=count)
+            out = []
+            for n in lengths:
+                raw = r.read(n)
+                if len(raw) != n:
+                    raise InvalidCiphertext(f"expected a block of {count} ciphertexts")
+                out.append(context.load_ciphertext(raw))
+        except InvalidCiphertext:
+            r.verify(at_end=False)  # damaged on disk? say so (BlobCorrupted) rather than "invalid"
+            raise
         r.verify()
     return out
 
