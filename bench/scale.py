@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -148,8 +149,17 @@ def main() -> None:
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     key = SecretContext.generate(preset("n8192"), rotations_for_features(D, 4096))
-    public = key.public_context()
     tmp = Path(tempfile.mkdtemp(prefix="cipherloop-scale-"))
+    try:
+        run(ns, key, tmp, t_start, load_before)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gigabytes of ciphertext blocks
+
+
+def run(ns: argparse.Namespace, key: SecretContext, tmp: Path, t_start: float,
+        load_before: tuple[float, float, float]) -> None:
+    """Every measurement, with its blob store under ``tmp``."""
+    public = key.public_context()
     ctx_file = tmp / "context.bin"
     ctx_file.write_bytes(public.serialize())
     store = BlobStore(tmp / "blobs")
