@@ -306,6 +306,12 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Listen port.")] = 8000,
+    engine: Annotated[str, typer.Option(
+        envvar="CIPHERLOOP_ENGINE", help="Where rounds compute: local, or ray (cipherloop[ray]).")
+    ] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        envvar="CIPHERLOOP_RAY_ADDRESS", help="Ray head host:port (default: start a local Ray).")
+    ] = None,
 ) -> None:
     """Run the refining service: HTTP API, round worker and the enclave (sim platform).
 
@@ -320,7 +326,7 @@ def serve(
 
     try:
         settings = Settings.from_env(data_dir=data_dir, database_url=database_url, host=host,
-                                     port=port)
+                                     port=port, engine=engine, ray_address=ray_address)
     except (TypeError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
     try:

@@ -35,6 +35,10 @@ class EnclaveUnavailable(CipherloopError):
     """The enclave process is not reachable or died mid-request."""
 
 
+class EngineUnavailable(CipherloopError):
+    """The compute engine (a Ray cluster) is not reachable or lost its workers for good."""
+
+
 class PolicyViolation(EnclaveError):
     """The owner's policy does not allow this release or operation."""
 

@@ -64,3 +64,25 @@ def enclave(owner_key: SecretContext) -> Iterator[EnclaveProcess]:
     with EnclaveProcess() as proc:
         provision_sim(proc, owner_key)
         yield proc
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A real local Ray cluster for the tests that ask: a head and one more worker node.
+
+    One CPU and a small object store each (CPU is scarce); this process joins
+    it, and everything is stopped at the end of the session. Tests that need
+    no Ray never start it.
+    """
+    ray = pytest.importorskip("ray")
+    cluster_utils = pytest.importorskip("ray.cluster_utils")
+    store = 100 * 1024 * 1024
+    cluster = cluster_utils.Cluster(initialize_head=True,
+                                    head_node_args={"num_cpus": 1, "object_store_memory": store})
+    cluster.add_node(num_cpus=1, object_store_memory=store)
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    try:
+        yield str(cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -7,7 +7,7 @@ from .batch import CiphertextBatch
 from .context import PublicContext, SecretContext
 from .layout import Diagonals, Replicated, SampleBlocks, rotations_for_features
 from .params import PRESETS, CkksParams, preset
-from .vector import Ciphertext, inner
+from .vector import Ciphertext, finish, inner, product_sum
 
 __all__ = [
     "PRESETS",
@@ -19,7 +19,9 @@ __all__ = [
     "Replicated",
     "SampleBlocks",
     "SecretContext",
+    "finish",
     "inner",
     "preset",
+    "product_sum",
     "rotations_for_features",
 ]

@@ -279,10 +279,15 @@ class SealBackend:
 
     def inner_product(self, left: Sequence[Any], right: Sequence[Any]) -> Any:
         """``sum(l * r)`` accumulated in place, then one relinearisation and one rescale."""
-        acc = self.multiply(left[0], right[0])
-        for a, b in zip(left[1:], right[1:], strict=True):
-            self._evaluator.add_inplace(acc, self.multiply(a, b))
-        return self.rescale(self.relinearize(acc))
+        return self.rescale(self.relinearize(self.product_sum(left, right)))
+
+    def product_sum(self, left: Sequence[Any], right: Sequence[Any]) -> Any:
+        """``sum(l * r)`` before relinearising: partial sums of disjoint terms add up exactly."""
+        return _product_sum(self, left, right)
+
+    def load_product(self, data: bytes) -> Any:
+        """Load a product sum saved by :meth:`save` (size 3; :meth:`load` refuses those)."""
+        return _load_product(self, data)
 
     def multiply(self, a: Any, b: Any) -> Any:
         a, b = self._aligned(a, b)
@@ -357,3 +362,23 @@ def _galois_element(steps: int, n: int) -> int:
     slots = n // 2
     s = steps % slots
     return pow(3, s, m)
+
+
+def _product_sum(backend: SealBackend, left: Sequence[Any], right: Sequence[Any]) -> Any:
+    """``sum(l * r)`` left unrelinearised (size 3) and unrescaled, for sums across blocks."""
+    acc = backend.multiply(left[0], right[0])
+    for a, b in zip(left[1:], right[1:], strict=True):
+        backend._evaluator.add_inplace(acc, backend.multiply(a, b))
+    return acc
+
+
+def _load_product(backend: SealBackend, data: bytes) -> Any:
+    """Load a size-3 product sum (a partial gradient sent between host workers)."""
+    ct = seal.Ciphertext(backend._ctx)
+    try:
+        backend._scratch.fill(ct, backend._ctx, data)
+    except (ValueError, RuntimeError, TypeError):
+        raise InvalidCiphertext("partial product bytes are malformed") from None
+    if tuple(ct.parms_id()) not in backend._level_of or ct.size() != 3:
+        raise InvalidCiphertext("partial product is not valid for these parameters")
+    return ct

@@ -76,6 +76,25 @@ class Ciphertext:
         return self._backend.save(self.handle)
 
 
+def product_sum(left: Sequence[Ciphertext], right: Sequence[Ciphertext]) -> Ciphertext:
+    """``sum(l * r)`` left unrelinearised and unrescaled; finish it with :func:`finish`.
+
+    Modular additions are exact, so product sums of disjoint terms -- computed
+    block by block, or by different workers -- add up to exactly the
+    ciphertext one :func:`inner` over all the terms would relinearise.
+    """
+    if len(left) != len(right) or not left:
+        raise ValueError("product_sum() needs two equally long, non-empty sequences")
+    b = left[0]._backend
+    return Ciphertext(b, b.product_sum([x.handle for x in left], [y.handle for y in right]))
+
+
+def finish(product: Ciphertext) -> Ciphertext:
+    """Relinearise and rescale a :func:`product_sum` (one level spent)."""
+    b = product._backend
+    return Ciphertext(b, b.rescale(b.relinearize(product.handle)))
+
+
 def inner(left: Sequence[Ciphertext], right: Sequence[Ciphertext]) -> Ciphertext:
     """``sum(l * r)`` with one relinearisation and one rescale for the whole sum.
 

@@ -10,6 +10,8 @@ new data, continuing from the current encrypted model and momentum.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import weakref
 from numbers import Integral, Real
 from pathlib import Path
@@ -21,10 +23,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..blobstore import BlobStore
 from ..ckks import PRESETS, SecretContext, preset, rotations_for_features
 from ..learn import EnclaveClient, EnclaveProcess, RefineConfig, RefineStats, refine
+from ..learn.dataset import Dataset
+from ..learn.engine import Engine
 from ..learn.model import EncryptedModel
-from .data import decrypt_model, encrypt_dataset, encrypt_model
+from .data import decrypt_model, encrypt_dataset, encrypt_model, encrypt_to_store
 from .provisioning import provision, simulated_policy
 
 
@@ -50,6 +55,16 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
         use (stopped by :meth:`close` or at exit). Either way the key is
         released only after attestation; the simulated TEE is accepted
         explicitly, since this estimator runs on the owner's own machine.
+    engine : {"local", "ray"}, default="local"
+        Where the host's products run: this process, or Ray actors (needs
+        ``cipherloop[ray]``) that own shards of the data's blocks. With
+        ``"ray"`` the data is encrypted into a private blob store, which the
+        actors read themselves; it is removed by :meth:`close`.
+    ray_address : str or None, default=None
+        The Ray cluster to join (``host:port``); ``None`` joins the one this
+        process is connected to, or starts a local one.
+    n_jobs : int or None, default=None
+        Processes that encrypt the data (``-1``: every core; ``None``: one).
 
     Attributes
     ----------
@@ -83,11 +98,15 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
         "fit_intercept": ["boolean"],
         "params": [StrOptions(set(PRESETS))],
         "enclave": [str, None],
+        "engine": [StrOptions({"local", "ray"})],
+        "ray_address": [str, None],
+        "n_jobs": [Integral, None],
     }
 
     def __init__(self, *, learning_rate: float = 1.0, momentum: float = 0.9,
                  batch_size: int | None = None, max_iter: int = 30, fit_intercept: bool = True,
-                 params: str = "n8192", enclave: str | None = None) -> None:
+                 params: str = "n8192", enclave: str | None = None, engine: str = "local",
+                 ray_address: str | None = None, n_jobs: int | None = None) -> None:
         self.learning_rate = learning_rate
         self.momentum = momentum
         self.batch_size = batch_size
@@ -95,6 +114,9 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
         self.fit_intercept = fit_intercept
         self.params = params
         self.enclave = enclave
+        self.engine = engine
+        self.ray_address = ray_address
+        self.n_jobs = n_jobs
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -103,7 +125,8 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for private in ("_process", "_client", "_key", "_finalizer"):
+        for private in ("_process", "_client", "_key", "_finalizer", "_engine", "_engine_closer",
+                        "_store", "_store_closer"):
             state.pop(private, None)
         state.pop("model_", None)
         return state
@@ -134,12 +157,33 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
             self._provisioned = True
         return key, client
 
+    def _compute(self, key: SecretContext, X: np.ndarray, y: np.ndarray
+                 ) -> tuple[Dataset, Engine | None]:
+        """Encrypt ``(X, y)`` where the engine reads it: in memory, or a store Ray workers share."""
+        n_jobs = None if self.n_jobs is None else int(self.n_jobs)
+        if self.engine == "local":
+            return encrypt_dataset(key, X, y, n_jobs=n_jobs), None
+        from ..learn.ray_engine import RayEngine  # the optional extra, only when asked
+
+        store: BlobStore | None = getattr(self, "_store", None)
+        engine: RayEngine | None = getattr(self, "_engine", None)
+        if store is None:
+            root = tempfile.mkdtemp(prefix="cipherloop-blocks-")
+            store = self._store = BlobStore(Path(root))
+            self._store_closer = weakref.finalize(self, shutil.rmtree, root, True)
+        if engine is None:
+            engine = self._engine = RayEngine(address=self.ray_address).connect()
+            self._engine_closer = weakref.finalize(self, engine.close)
+        return encrypt_to_store(key, X, y, store, n_jobs=n_jobs), engine
+
     def close(self) -> None:
-        """Stop the private enclave process, if this estimator started one."""
-        finalizer = getattr(self, "_finalizer", None)
-        if finalizer is not None:
-            finalizer()
-        for private in ("_process", "_client", "_finalizer"):
+        """Stop the private enclave process and Ray workers; remove the private block store."""
+        for name in ("_finalizer", "_engine_closer", "_store_closer"):
+            finalizer = getattr(self, name, None)
+            if finalizer is not None:
+                finalizer()
+        for private in ("_process", "_client", "_finalizer", "_engine", "_engine_closer", "_store",
+                        "_store_closer"):
             self.__dict__.pop(private, None)
 
     # -- fitting -----------------------------------------------------------------
@@ -167,10 +211,11 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
         if first:
             intercept = 0.0 if self.fit_intercept else None
             self.model_: EncryptedModel = encrypt_model(key, np.zeros(X.shape[1]), intercept)
-        data = encrypt_dataset(key, X, self._encode_labels(y))
+        data, engine = self._compute(key, X, self._encode_labels(y))
         config = RefineConfig(learning_rate=float(self.learning_rate), momentum=float(self.momentum),
                               batch_size=self.batch_size, epochs=epochs)
-        self.model_, stats = refine(self.model_, [data], config, context=key, enclave=client)
+        self.model_, stats = refine(self.model_, [data], config, context=key, enclave=client,
+                                    engine=engine)
         self.stats_: RefineStats = stats
         coef, b = decrypt_model(key, self.model_)
         self.coef_ = coef.reshape(1, -1)

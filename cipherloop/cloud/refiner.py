@@ -13,15 +13,16 @@ and an enclave client; tests of the service may plug in a fake.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..ckks import CiphertextBatch, PublicContext
+from ..blobstore import BlobStore
+from ..ckks import CiphertextBatch, Diagonals, PublicContext
+from ..ckks.layout import from_description
 from ..errors import EnclaveUnavailable, PolicyViolation, ShapeError
 from ..learn import (
     EnclaveClient,
-    EncryptedDataset,
     EncryptedModel,
     LevelPlanner,
     RefineConfig,
@@ -30,6 +31,8 @@ from ..learn import (
     kernels,
     refine,
 )
+from ..learn.dataset import StreamedDataset
+from ..learn.engine import Engine, LocalEngine
 from .db import Decision
 from .wire import check_features
 
@@ -40,6 +43,21 @@ class SampleSet:
 
     features: CiphertextBatch
     labels: CiphertextBatch
+
+
+@dataclass(frozen=True)
+class StoredSamples:
+    """One upload's samples as stored blocks: the manifest naming them in the blob store.
+
+    A round holds these names, not ciphertexts; the engine reads each block
+    when a step needs it (see :mod:`cipherloop.learn.dataset`).
+    """
+
+    blobs: BlobStore
+    manifest: str
+
+
+EngineFactory = Callable[[PublicContext], Engine]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,14 +105,15 @@ class Refiner(Protocol):
         """
         ...
 
-    def refine_round(self, context: PublicContext, model: bytes, data: Sequence[SampleSet],
+    def refine_round(self, context: PublicContext, model: bytes, data: Sequence[StoredSamples],
                      holdout: SampleSet | None, spec: RoundSpec) -> RoundResult:
         """Refine ``model`` on ``data``; judge the candidate on ``holdout``.
 
         Raises
         ------
-        EnclaveUnavailable
-            The enclave can't be reached (the round is retried later).
+        EnclaveUnavailable, EngineUnavailable
+            The enclave or the compute engine (Ray cluster) can't be reached,
+            or lost a worker for good (the round is retried later).
         CipherloopError
             Anything else that makes the round fail.
         """
@@ -130,10 +149,17 @@ class LearnRefiner:
     enclave : EnclaveClient or None
         Client of the enclave holding the tenants' keys; ``None`` allows only
         model checks and inference on models that need no refresh.
+    engine : callable, optional
+        Gives the engine a round's kernels run on, for a tenant's context
+        (e.g. a shared :class:`~cipherloop.learn.ray_engine.RayEngine`); by
+        default a :class:`~cipherloop.learn.engine.LocalEngine` per round,
+        streaming blocks from the store.
     """
 
-    def __init__(self, enclave: EnclaveClient | None = None) -> None:
+    def __init__(self, enclave: EnclaveClient | None = None, *,
+                 engine: EngineFactory | None = None) -> None:
         self._enclave = enclave
+        self._engine = engine
 
     def __repr__(self) -> str:
         return f"LearnRefiner(enclave={self._enclave!r})"
@@ -151,20 +177,29 @@ class LearnRefiner:
         if m.n_features != n_features:
             raise ShapeError(f"expected a model of {n_features} features, got {m.n_features}")
 
-    def refine_round(self, context: PublicContext, model: bytes, data: Sequence[SampleSet],
+    def refine_round(self, context: PublicContext, model: bytes, data: Sequence[StoredSamples],
                      holdout: SampleSet | None, spec: RoundSpec) -> RoundResult:
         enclave = self._require_enclave()
         current = self._model(context, model)
-        datasets = [EncryptedDataset.from_batches(context, s.features, s.labels) for s in data]
+        datasets = [StreamedDataset.open(context, s.blobs, s.manifest) for s in data]
         config = RefineConfig(learning_rate=spec.learning_rate, momentum=spec.momentum,
                               batch_size=spec.batch_size, epochs=spec.epochs)
-        candidate, stats = refine(current, datasets, config, context=context, enclave=enclave)
+        engine = LocalEngine(context) if self._engine is None else self._engine(context)
+        try:
+            candidate, stats = refine(current, datasets, config, context=context,
+                                      enclave=enclave, engine=engine)
+        finally:
+            if self._engine is None:
+                engine.close()
         out = candidate.to_bytes(context)
         info = _stats(stats, n_samples=sum(d.n_samples for d in datasets))
         if holdout is None:
             return RoundResult(out, Decision.KEEP, "kept: there is no hold-out set to judge on",
                                None, info)
-        hold = EncryptedDataset.from_batches(context, holdout.features, holdout.labels)
+        # The enclave checks the hold-out set (pinned, exact encodings); the host only
+        # forwards it, so nothing here loads its ciphertexts.
+        hold_layout = from_description(holdout.features.layout)
+        hold_samples = hold_layout.n_samples if isinstance(hold_layout, Diagonals) else 0
         try:
             verdict = compare(candidate, current, (holdout.features, holdout.labels),
                               context=context, enclave=enclave, metric=spec.metric,
@@ -176,7 +211,7 @@ class LearnRefiner:
         metrics = None
         if spec.release_metric and "candidate" in verdict:
             metrics = {"metric": spec.metric, "candidate": verdict["candidate"],
-                       "current": verdict.get("current"), "holdout_samples": hold.n_samples}
+                       "current": verdict.get("current"), "holdout_samples": hold_samples}
         reason = (f"{'promoted' if promote else 'kept'}: candidate "
                   f"{'at least as good as' if promote else 'worse than'} current on the "
                   f"hold-out {spec.metric}")

@@ -86,6 +86,14 @@ class Settings:
         Address of a running enclave; ``None`` starts one alongside the service.
     context_cache : int
         Public contexts kept loaded (each is tens of MB).
+    engine : str
+        Where a round's kernels run: ``"local"`` (the worker process, streaming
+        blocks from the store) or ``"ray"`` (a Ray cluster; needs
+        ``cipherloop[ray]``, and a blob store every node can read).
+    ray_address : str or None
+        The Ray cluster's head (``host:port``); ``None`` starts a local cluster.
+    ray_workers : int
+        Ray actors a round's blocks are sharded over.
     log_level : str
         Log level of the server and worker.
     """
@@ -107,6 +115,9 @@ class Settings:
     enclave_address: str | None = None
     context_cache: int = 4
     log_level: str = "info"
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_workers: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.admin_token, str) or len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
@@ -120,6 +131,10 @@ class Settings:
             raise ValueError("poll_interval_s and lease_s must be positive")
         if self.max_attempts < 1 or self.context_cache < 1:
             raise ValueError("max_attempts and context_cache must be at least 1")
+        if self.engine not in ("local", "ray"):
+            raise ValueError("engine must be 'local' or 'ray'")
+        if self.ray_workers < 1:
+            raise ValueError("ray_workers must be at least 1")
 
     @property
     def db_url(self) -> str:

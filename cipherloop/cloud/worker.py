@@ -13,10 +13,11 @@ rounds through their states:
   pointer are written in one transaction -- a version is never half-written;
 * ``running -> failed``: an error the owner must look at (they may retry);
 * ``running -> pending``: an infrastructure fault, never the owner's: the
-  enclave was unreachable, died or timed out (retried with exponential
-  backoff, without limit -- ``serve`` restarts the enclave), or the worker
-  died: on start a worker redoes every round it left running, and any worker
-  redoes a round whose heartbeat went stale.
+  enclave or the Ray cluster was unreachable, died or timed out, or Ray lost a
+  worker it could not replace (retried with exponential backoff, without limit
+  -- ``serve`` restarts the enclave), or the worker died: on start a worker
+  redoes every round it left running, and any worker redoes a round whose
+  heartbeat went stale.
 
 A crash or ``kill -9`` at any point therefore loses nothing: an upload is
 either committed (and will be used) or was never acknowledged, and a round
@@ -36,14 +37,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import CipherloopError, EnclaveUnavailable
+from ..ckks import PublicContext
+from ..errors import CipherloopError, EnclaveUnavailable, EngineUnavailable
 from ..learn import EnclaveClient
+from ..learn.dataset import blob_names, store_blocks
 from ..learn.wire import decode_samples
 from . import crud
 from .blobs import BlobStore
 from .db import Round, make_engine, make_sessionmaker, utcnow
 from .keys import ContextCache
-from .refiner import LearnRefiner, Refiner, RoundSpec, SampleSet
+from .refiner import EngineFactory, LearnRefiner, Refiner, RoundSpec, SampleSet, StoredSamples
 from .settings import Settings
 from .supervise import die_with_parent
 
@@ -171,6 +174,24 @@ class Worker:
                                           max_bytes=self.settings.max_body_bytes)
         return SampleSet(features, labels)
 
+    def _stored(self, context: PublicContext, sha256: str) -> StoredSamples:
+        """An upload as per-block blobs, split on first use (one upload in memory at a time).
+
+        The upload blob stays the durable record; the blocks and the link to
+        their manifest are a derived index, rebuilt from it if missing.
+        """
+        name = f"blocks-{sha256}"
+        manifest = self.blobs.resolve(name)
+        if manifest is not None and not all(
+                self.blobs.exists(b) for b in blob_names(self.blobs.read(manifest))):
+            manifest = None  # a block went missing: rebuild the index from the upload
+        if manifest is None:
+            upload = self._samples(sha256)
+            manifest = store_blocks(context, self.blobs, upload.features, upload.labels)
+            del upload
+            self.blobs.link(name, manifest)
+        return StoredSamples(self.blobs, manifest)
+
     def run_round(self, rnd: Round) -> None:
         """Run a claimed round to done, failed or back to pending. Never raises for the round."""
         attempt = rnd.attempts
@@ -181,11 +202,12 @@ class Worker:
             with _Heartbeat(self.sessions, rnd, worker_id=self.worker_id, interval=beat,
                             clock=self.clock):
                 self._run_round(rnd, owner)
-        except EnclaveUnavailable as exc:
-            # The enclave died, hung or restarts: not the owner's failure. The round goes back
-            # to the queue, to run again once the supervisor has the enclave back.
+        except (EnclaveUnavailable, EngineUnavailable) as exc:
+            # The enclave died, hung or restarts, or Ray lost its workers: not the owner's
+            # failure. The round goes back to the queue, to run again once it is back.
             delay = self.retry_delay(attempt)
-            log.warning("round %s: enclave unavailable; retry in %.1fs", rnd.id, delay)
+            what = "enclave" if isinstance(exc, EnclaveUnavailable) else "engine"
+            log.warning("round %s: %s unavailable; retry in %.1fs", rnd.id, what, delay)
             with self.sessions() as s:
                 crud.retry_later(s, error=str(exc),
                                  not_before=self.clock() + timedelta(seconds=delay), **owner)
@@ -215,10 +237,11 @@ class Worker:
         if context is None or base is None or not data:
             raise CipherloopError("the round's inputs are incomplete")
         spec = RoundSpec.from_dict(rnd.spec)
+        public = self.contexts.get(context.sha256)
         result = self.refiner.refine_round(
-            self.contexts.get(context.sha256),
+            public,
             self.blobs.read(base.sha256),
-            [self._samples(u.sha256) for u in data],
+            [self._stored(public, u.sha256) for u in data],
             None if holdout is None else self._samples(holdout.sha256),
             spec,
         )
@@ -233,6 +256,26 @@ class Worker:
         else:
             log.info("round %s of model %s: %s (version %d)", rnd.number, rnd.model_id,
                      version.decision, version.number)
+
+
+def engine_factory(settings: Settings) -> EngineFactory | None:
+    """The engine rounds run on: ``None`` (a local engine per round) or one shared Ray engine.
+
+    An unreachable Ray cluster is logged here, clearly, and is not fatal: the
+    HTTP server keeps taking uploads, and each round that finds no cluster
+    goes back to pending and is retried later, with backoff.
+    """
+    if settings.engine == "local":
+        return None
+    from ..learn.ray_engine import RayEngine  # the optional extra, imported only when asked
+
+    engine = RayEngine(address=settings.ray_address, n_workers=settings.ray_workers)
+    try:
+        engine.connect()
+        log.info("rounds run on Ray (%d workers)", settings.ray_workers)
+    except EngineUnavailable as exc:
+        log.error("%s; uploads are still accepted, rounds wait and retry", exc)
+    return lambda context: engine.connect()
 
 
 def worker_main(settings: Settings, parent_pid: int | None = None) -> None:
@@ -260,7 +303,7 @@ def worker_main(settings: Settings, parent_pid: int | None = None) -> None:
     blobs = BlobStore(settings.blob_dir)
     enclave = None if settings.enclave_address is None else EnclaveClient(
         settings.enclave_address)
-    refiner = LearnRefiner(enclave)
+    refiner = LearnRefiner(enclave, engine=engine_factory(settings))
     try:
         Worker(sessions=make_sessionmaker(engine), blobs=blobs, refiner=refiner,
                settings=settings).run(stop)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..ckks import Ciphertext, Diagonals, inner
+from ..ckks import Ciphertext, Diagonals, finish, inner, product_sum
 
 
 def rotated_model(w: Ciphertext, layout: Diagonals) -> list[Ciphertext]:
@@ -65,13 +65,53 @@ def bias_term(intercept: Ciphertext, w_level: int, product_scale: float) -> Ciph
 def logits(features: Sequence[Ciphertext], w: Ciphertext, layout: Diagonals,
            blocks: Sequence[int], intercept: Ciphertext | None = None) -> list[Ciphertext]:
     """``z = X @ w + intercept`` for the given blocks, one ciphertext per block."""
-    w_rot = rotated_model(w, layout)
+    scale = features[layout.index(blocks[0], 0, 0)].scale
+    w_rot, bias = model_terms(w, intercept, layout, scale)
+    return [logits_block(features, w_rot, layout, c, bias) for c in blocks]
+
+
+def model_terms(w: Ciphertext, intercept: Ciphertext | None, layout: Diagonals,
+                feature_scale: float) -> tuple[list[Ciphertext], Ciphertext | None]:
+    """What every block's ``X @ w`` needs: the rotated model and the bias at the product's scale.
+
+    Deterministic in its inputs, so workers that each compute it from the same
+    broadcast model get bit-identical ciphertexts.
+    """
     bias = None
     if intercept is not None:
         # Product scale: features * w, divided by the prime the rescale drops.
-        scale = features[layout.index(blocks[0], 0, 0)].scale * w.scale / w.next_prime
-        bias = bias_term(intercept, w.level, scale)
-    return [logits_block(features, w_rot, layout, c, bias) for c in blocks]
+        bias = bias_term(intercept, w.level, feature_scale * w.scale / w.next_prime)
+    return rotated_model(w, layout), bias
+
+
+def gradient_terms(block: Sequence[Ciphertext], errors: Sequence[Ciphertext],
+                   layout: Diagonals) -> list[Ciphertext]:
+    """One block's share of ``X.T @ e``: per baby step, ``sum_b2 Y[b1,b2] * E[b2]``, unfinished.
+
+    ``block`` holds the block's ``period`` feature ciphertexts (block-local
+    order, as :meth:`Diagonals.index` with block 0), ``errors`` its ``giant``
+    error ciphertexts. The terms stay unrelinearised: terms of disjoint blocks
+    add up exactly (:func:`add_terms`), in any order and on any worker, and
+    :func:`finish_gradient` relinearises each baby step once.
+    """
+    G = layout.giant
+    return [product_sum([block[layout.index(0, b1, b2)] for b2 in range(G)], list(errors[:G]))
+            for b1 in range(layout.baby)]
+
+
+def add_terms(a: Sequence[Ciphertext], b: Sequence[Ciphertext]) -> list[Ciphertext]:
+    """Sum two blocks' (or two workers') :func:`gradient_terms`; exact modular additions."""
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def finish_terms(terms: Sequence[Ciphertext], layout: Diagonals) -> Ciphertext:
+    """``sum_b1 rot(finish(terms[b1]), -b1)``, Horner-style: the partial before the fold."""
+    acc: Ciphertext | None = None
+    for b1 in reversed(range(layout.baby)):
+        part = finish(terms[b1])
+        acc = part if acc is None else acc.rotate(-1) + part
+    assert acc is not None
+    return acc
 
 
 def gradient_partial(features: Sequence[Ciphertext], errors: Sequence[Ciphertext],
@@ -81,15 +121,13 @@ def gradient_partial(features: Sequence[Ciphertext], errors: Sequence[Ciphertext
     ``errors[i * giant + b2]`` belongs to ``blocks[i]``. Partials of disjoint
     block sets add up; :func:`fold_replicas` finishes the sum.
     """
-    G = layout.giant
-    acc: Ciphertext | None = None
-    for b1 in reversed(range(layout.baby)):
-        left = [features[layout.index(c, b1, b2)] for c in blocks for b2 in range(G)]
-        right = [errors[i * G + b2] for i in range(len(blocks)) for b2 in range(G)]
-        part = inner(left, right)
-        acc = part if acc is None else acc.rotate(-1) + part
-    assert acc is not None
-    return acc
+    P, G = layout.period, layout.giant
+    terms: list[Ciphertext] | None = None
+    for i, c in enumerate(blocks):
+        t = gradient_terms(features[c * P:(c + 1) * P], errors[i * G:(i + 1) * G], layout)
+        terms = t if terms is None else add_terms(terms, t)
+    assert terms is not None
+    return finish_terms(terms, layout)
 
 
 def fold_replicas(partial: Ciphertext, layout: Diagonals) -> Ciphertext:

@@ -24,6 +24,7 @@ from typing import Any
 from ..ckks import Ciphertext, CiphertextBatch
 from ..ckks.context import _ContextBase
 from ..errors import ShapeError
+from .dataset import Dataset
 from .enclave_client import EnclaveClient
 from .engine import Engine, LocalEngine
 from .model import EncryptedDataset, EncryptedModel
@@ -140,7 +141,7 @@ def _lookahead(model: EncryptedModel, momentum: float) -> tuple[Ciphertext, Ciph
     return u_w, u_b
 
 
-def _step(model: EncryptedModel, data: EncryptedDataset, start: int, stop: int,
+def _step(model: EncryptedModel, data: Dataset, start: int, stop: int,
           config: RefineConfig, session: _Session) -> EncryptedModel:
     layout = data.layout
     S = layout.slots
@@ -172,7 +173,7 @@ def _step(model: EncryptedModel, data: EncryptedDataset, start: int, stop: int,
 
 def refine(
     model: EncryptedModel,
-    datasets: Sequence[EncryptedDataset],
+    datasets: Sequence[Dataset],
     config: RefineConfig,
     *,
     context: _ContextBase,
@@ -185,11 +186,12 @@ def refine(
     Parameters
     ----------
     model : the encrypted model to refine (any level; refreshed as needed).
-    datasets : encrypted data sets, visited in order, each in ``batch_size`` slices.
+    datasets : encrypted data sets (in memory, or streamed from a blob store), visited in
+        order, each in ``batch_size`` slices.
     config : hyperparameters.
     context : the owner's public context (or secret context, on the owner's side).
     enclave : client of an enclave provisioned with this context's key.
-    engine : where the kernels run (default: this process; see :class:`.engine.PoolEngine`).
+    engine : where the kernels run (default: this process; see :mod:`.engine`).
     on_step : called with ``(steps done, steps total)`` after every step (progress bars).
     """
     for data in datasets:

@@ -44,6 +44,15 @@ class EncryptedDataset:
     def level(self) -> int:
         return min(c.level for c in self.features)
 
+    def block(self, c: int) -> tuple[Ciphertext, ...]:
+        """Block ``c``'s feature ciphertexts (see :class:`.dataset.Dataset`)."""
+        P = self.layout.period
+        return self.features[c * P:(c + 1) * P]
+
+    def block_key(self, c: int) -> None:
+        """In memory already: nothing for an engine to cache."""
+        return None
+
     def to_batches(self, context: _ContextBase) -> tuple[CiphertextBatch, CiphertextBatch]:
         return (CiphertextBatch.of(context, self.features, self.layout.describe()),
                 CiphertextBatch.of(context, self.labels, self.layout.samples.describe()))
