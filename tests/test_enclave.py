@@ -161,14 +161,29 @@ def test_error_step_validates_before_decrypting(enclave: EnclaveProcess, host_co
     assert _still_serving(enclave)
 
 
+@pytest.mark.parametrize(("z_blocks", "y_blocks"), [(2, 1), (1, 2), (0, 0), (0, 1)])
 def test_labels_of_another_block_count_are_refused(enclave: EnclaveProcess,
-                                                   host_context: PublicContext) -> None:
+                                                   host_context: PublicContext,
+                                                   z_blocks: int, y_blocks: int) -> None:
     L = Diagonals.plan(5000, 8, SLOTS)
-    z = logits_batch(host_context, L.samples.pack(np.zeros(5000)), L.samples.describe())
-    y = _batch(host_context, L.samples.pack(np.ones(5000))[:1], L.samples.describe(), level=0)
+    z = logits_batch(host_context, L.samples.pack(np.zeros(5000))[:z_blocks], L.samples.describe())
+    y = _batch(host_context, L.samples.pack(np.ones(5000))[:y_blocks], L.samples.describe(),
+               level=0)
     with pytest.raises(ShapeError, match="same, non-zero number of blocks"):
         enclave.client.logistic_error(host_context.key_id, **_error_args(  # type: ignore[arg-type]
-            host_context, n=5000, z=z, y=y))
+            host_context, n=5000, z=z, y=y, stop=4096))
+
+
+def test_error_step_over_two_blocks_at_the_largest_allowed_rate(
+        enclave: EnclaveProcess, owner_key: SecretContext, host_context: PublicContext) -> None:
+    L = Diagonals.plan(5000, 8, SLOTS)
+    z = logits_batch(host_context, L.samples.pack(np.zeros(5000)), L.samples.describe())
+    y = _batch(host_context, L.samples.pack(np.ones(5000)), L.samples.describe(), level=0)
+    e_raw, _ = enclave.client.logistic_error(host_context.key_id, **_error_args(  # type: ignore[arg-type]
+        host_context, n=5000, z=z, y=y, learning_rate=100.0))  # the policy's maximum, inclusive
+    e = CiphertextBatch.from_bytes(e_raw).open(owner_key)
+    assert len(e) == 2 * L.giant
+    assert np.allclose(owner_key.decrypt(e[L.giant])[:5000 - 4096], -0.5 * 100.0 / 5000, atol=1e-5)
 
 
 def test_wrong_shapes_are_refused(enclave: EnclaveProcess, host_context: PublicContext) -> None:

@@ -140,3 +140,12 @@ def test_key_entry_repr_hides_the_secret(small_key: SecretContext) -> None:
     entry = store.get(small_key.key_id)
     assert isinstance(entry, KeyEntry)
     assert repr(entry) == f"KeyEntry(key_id={small_key.key_id!r}, secret=<redacted>)"
+
+
+def test_key_state_is_immutable_so_a_swap_is_the_only_change() -> None:
+    """Entries replace their state whole, after it is persisted; nothing edits it in place."""
+    import dataclasses
+
+    state = KeyState(Policy())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.spent_total = 5  # type: ignore[misc]

@@ -262,3 +262,9 @@ def test_rotations_at_the_real_slot_count() -> None:
 def test_replicated_counts_are_compared_by_value() -> None:
     layout = Replicated(300, 512, 1024)  # 300 values: beyond the small ints Python shares
     assert layout.pack(np.arange(300.0))[:300].tolist() == list(range(300))
+
+
+def test_diagonals_unpack_names_the_count_it_expects() -> None:
+    layout = Diagonals.plan(5000, 20, 4096)  # 2 blocks x 32 diagonals
+    with pytest.raises(ShapeError, match="expected 64 diagonals, got 63"):
+        layout.unpack(layout.pack(np.zeros((5000, 20)))[:-1])
