@@ -428,7 +428,7 @@ def test_an_offer_that_is_not_bytes_is_malformed(data: Any) -> None:
 @pytest.mark.parametrize("field", ["evidence", "public_key", "session_id"])
 def test_an_offer_field_of_the_wrong_type_is_malformed(sim: SimPlatform, field: str) -> None:
     offer, _ = provision.begin(sim, bytes(32), bytes(16))
-    for bad in ("text", -1, [1.5]):  # (an int n still passes, as n zero bytes: bytes(n))
+    for bad in ("text", -1, [1.5], 12):  # an int n is no byte string (bytes(n) is n zeros)
         doc = {**offer.to_dict(), field: bad}
         with pytest.raises(EvidenceMalformed, match="missing a field or has a wrong type"):
             provision.Offer.from_dict(doc)
@@ -437,8 +437,8 @@ def test_an_offer_field_of_the_wrong_type_is_malformed(sim: SimPlatform, field: 
 @pytest.mark.parametrize(("field", "value"), [("evidence", 12), ("public_key", 32),
                                               ("session_id", "0" * 16), ("platform", b"sim"),
                                               ("collateral", b"{}")])
-def test_an_offer_field_of_the_wrong_type_is_malformed(sim: SimPlatform, field: str,
-                                                       value: object) -> None:
+def test_an_offer_field_given_another_type_is_malformed(sim: SimPlatform, field: str,
+                                                        value: object) -> None:
     """bytes(12) is twelve zero bytes: an int must not pass for a byte string."""
     offer, _ = provision.begin(sim, bytes(32), bytes(16))
     doc = {**offer.to_dict(), field: value}
