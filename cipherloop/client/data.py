@@ -19,7 +19,7 @@ from ..learn.wire import encode_samples
 Progress = Callable[[int], None]
 
 
-def _as_xy(X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
+def _as_xy(X: object, y: object, n_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     Xa = np.asarray(X, dtype=np.float64)
     ya = np.asarray(y, dtype=np.float64).ravel()
     if Xa.ndim != 2:
@@ -28,21 +28,26 @@ def _as_xy(X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
         raise ShapeError(f"X has {Xa.shape[0]} samples but y has {ya.shape[0]}")
     if not (np.all(np.isfinite(Xa)) and np.all(np.isfinite(ya))):
         raise ShapeError("X and y must be finite")
-    if not np.all((ya == 0) | (ya == 1)):
+    if n_classes == 2 and not np.all((ya == 0) | (ya == 1)):
         raise ShapeError("y must hold binary labels 0/1")
+    if not np.all((ya == np.rint(ya)) & (ya >= 0) & (ya < n_classes)):
+        raise ShapeError(f"y must hold class indices 0..{n_classes - 1}")
     return Xa, ya
 
 
 def encrypt_batches(context: _ContextBase, X: object, y: object, *,
-                    progress: Progress | None = None) -> tuple[CiphertextBatch, CiphertextBatch]:
+                    progress: Progress | None = None, n_classes: int = 2
+                    ) -> tuple[CiphertextBatch, CiphertextBatch]:
     """Pack ``X`` in giant-step diagonals and ``y`` in sample blocks; encrypt to wire batches.
 
     With the owner's secret context the ciphertexts are seeded (half the
     bytes); a contributor's public context encrypts with the public key.
     Labels are encrypted at level 0: only the enclave ever reads them, so they
-    need no multiplicative depth and travel at a fraction of the size.
+    need no multiplicative depth and travel at a fraction of the size. With
+    ``n_classes > 2`` labels are class indices ``0..n_classes-1`` (one value
+    per sample, whatever ``K``; the enclave one-hots them).
     """
-    Xa, ya = _as_xy(X, y)
+    Xa, ya = _as_xy(X, y, n_classes)
     layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots)
 
     def seal(arrays: list[np.ndarray], level: int | None) -> tuple[bytes, ...]:
@@ -59,16 +64,16 @@ def encrypt_batches(context: _ContextBase, X: object, y: object, *,
 
 
 def encrypt_dataset(context: _ContextBase, X: object, y: object, *,
-                    progress: Progress | None = None) -> EncryptedDataset:
+                    progress: Progress | None = None, n_classes: int = 2) -> EncryptedDataset:
     """:func:`encrypt_batches`, loaded as the host would load them."""
-    features, labels = encrypt_batches(context, X, y, progress=progress)
+    features, labels = encrypt_batches(context, X, y, progress=progress, n_classes=n_classes)
     return EncryptedDataset.from_batches(context, features, labels)
 
 
 def upload_body(context: _ContextBase, X: object, y: object, *,
-                progress: Progress | None = None) -> bytes:
+                progress: Progress | None = None, n_classes: int = 2) -> bytes:
     """The body of a sample upload to the service."""
-    return encode_samples(*encrypt_batches(context, X, y, progress=progress))
+    return encode_samples(*encrypt_batches(context, X, y, progress=progress, n_classes=n_classes))
 
 
 def encrypt_features(context: _ContextBase, X: object) -> CiphertextBatch:

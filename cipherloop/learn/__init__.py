@@ -10,17 +10,19 @@ from .logistic import (
     RefineStats,
     compare,
     evaluate,
-    refine,
     refresh_model,
     scores,
 )
+from .loop import refine
 from .model import EncryptedDataset, EncryptedModel
+from .network import EncryptedNetwork
 
 __all__ = [
     "EnclaveClient",
     "EnclaveProcess",
     "EncryptedDataset",
     "EncryptedModel",
+    "EncryptedNetwork",
     "LevelPlanner",
     "RefineConfig",
     "RefineStats",
