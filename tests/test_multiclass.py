@@ -65,10 +65,10 @@ def _assert_twins(got: PlainNetwork, ref: PlainNetwork, X: np.ndarray, y: np.nda
 def test_softmax_on_digits_matches_its_plaintext_twin(
         owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess) -> None:
     X, y = _digits()
-    config = RefineConfig(learning_rate=2.0, momentum=0.9, batch_size=300, epochs=2)
+    config = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=100, epochs=1)
     plain = initial_network("softmax", X.shape[1], 10)
-    got, ref = _train_both(owner_key, host_context, enclave, plain, X[:600], y[:600], config)
-    _assert_twins(got, ref, X[1200:], y[1200:], 0.85)
+    got, ref = _train_both(owner_key, host_context, enclave, plain, X[:400], y[:400], config)
+    _assert_twins(got, ref, X[1200:], y[1200:], 0.8)
 
 
 def test_softmax_on_wine_matches_its_plaintext_twin(
@@ -84,10 +84,10 @@ def test_softmax_on_wine_matches_its_plaintext_twin(
 def test_mlp_on_digits_matches_its_plaintext_twin(
         owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess) -> None:
     X, y = _digits()
-    config = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=None, epochs=4)
-    plain = initial_network("mlp", X.shape[1], 10, hidden=32, activation="relu",
+    config = RefineConfig(learning_rate=0.5, momentum=0.9, batch_size=80, epochs=1)
+    plain = initial_network("mlp", X.shape[1], 10, hidden=16, activation="relu",
                             rng=np.random.default_rng(1))
-    got, ref = _train_both(owner_key, host_context, enclave, plain, X[:600], y[:600], config)
+    got, ref = _train_both(owner_key, host_context, enclave, plain, X[:400], y[:400], config)
     _assert_twins(got, ref, X[1200:], y[1200:], 0.5)
 
 
@@ -187,3 +187,48 @@ def test_network_and_data_of_other_widths_are_refused(
     model = encrypt_network(host_context, initial_network("softmax", 6, 3))
     with pytest.raises(ShapeError):
         refine(model, [data], RefineConfig(), context=host_context, enclave=enclave.client)
+
+
+def _plain_metrics(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    zc = np.clip(z, -16, 16)
+    lse = np.log(np.exp(zc).sum(axis=1))
+    return (round(float(np.mean(zc.argmax(axis=1) == y)), 3),
+            round(float(np.mean(lse - zc[np.arange(len(y)), y.astype(int)])), 3))
+
+
+@pytest.mark.parametrize("kind", ["softmax", "mlp"])
+def test_holdout_metrics_decisions_and_inference_for_networks(
+        owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess,
+        kind: str) -> None:
+    from enclavekit import pinned, provision_sim
+
+    from cipherloop.client.data import encrypt_batches
+    from cipherloop.learn import compare, evaluate, network_scores
+
+    X, y = _wine()
+    pinned_set = encrypt_batches(owner_key, X[120:], y[120:], n_classes=3)
+    start = initial_network(kind, X.shape[1], 3, hidden=6, activation="tanh",
+                            rng=np.random.default_rng(4))
+    zero = encrypt_network(host_context, start)
+    train = _to_host(host_context, owner_key, X[:120], y[:120], 3)
+    better, _ = refine(zero, [train], RefineConfig(learning_rate=1.0, epochs=4),
+                       context=host_context, enclave=enclave.client)
+    plain = decrypt_network(owner_key, better)
+    with EnclaveProcess() as proc:
+        provision_sim(proc, owner_key, pinned(pinned_set))
+        metrics = evaluate(better, pinned_set, context=host_context, enclave=proc.client)
+        acc, loss = _plain_metrics(plain.scores(X[120:]), y[120:])
+        assert metrics["accuracy"] == acc and acc > 0.8
+        assert abs(metrics["log_loss"] - loss) <= 0.001
+        decision = compare(better, zero, pinned_set, context=host_context, enclave=proc.client,
+                           with_metrics=True)
+        assert decision["promote"] is True and decision["candidate"] < decision["current"]
+        assert compare(zero, better, pinned_set, context=host_context,
+                       enclave=proc.client)["promote"] is False
+    hold = EncryptedDataset.from_batches(host_context, *pinned_set)
+    z = network_scores(better, hold.features, hold.layout, context=host_context,
+                       enclave=enclave.client)
+    got = np.stack([hold.layout.samples.unpack([owner_key.decrypt(c) for c in zk]) for zk in z],
+                   axis=1)
+    assert got.shape == (len(y) - 120, 3)
+    assert np.abs(got - plain.scores(X[120:])).max() < 1e-3

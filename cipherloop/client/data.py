@@ -87,13 +87,19 @@ def encrypt_features(context: _ContextBase, X: object) -> CiphertextBatch:
 
 
 def decrypt_scores(context: SecretContext, scores: bytes) -> np.ndarray:
-    """The owner reads encrypted inference results (logits, one per sample)."""
+    """The owner reads encrypted inference results: logits, one per sample (binary model),
+    or an ``(n_samples, n_classes)`` array (the blocks of each class in turn)."""
     batch = CiphertextBatch.from_bytes(scores)
     layout = from_description(batch.layout)
     if not isinstance(layout, SampleBlocks):
         raise ShapeError("scores must be sample blocks")
-    cts = batch.open(context, count=layout.n_blocks)
-    return layout.unpack([context.decrypt(c) for c in cts])
+    n_classes, rest = divmod(len(batch.items), layout.n_blocks)
+    if rest or n_classes < 1:
+        raise ShapeError("scores must hold whole sets of sample blocks")
+    cts = batch.open(context)
+    cols = [layout.unpack([context.decrypt(c) for c in cts[k * layout.n_blocks:(k + 1) * layout.n_blocks]])
+            for k in range(n_classes)]
+    return cols[0] if n_classes == 1 else np.stack(cols, axis=1)
 
 
 def dataset_size(n_samples: int, n_features: int, slots: int) -> int:

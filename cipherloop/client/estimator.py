@@ -24,82 +24,21 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..ckks import PRESETS, SecretContext, preset, rotations_for_features
 from ..learn import EnclaveClient, EnclaveProcess, RefineConfig, RefineStats, refine
 from ..learn.model import EncryptedModel
+from ..learn.network import EncryptedNetwork
 from .data import decrypt_model, encrypt_dataset, encrypt_model
+from .network import decrypt_network, encrypt_network, initial_network
 from .provisioning import provision, simulated_policy
 
 
-class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
-    """Binary logistic regression trained on CKKS-encrypted data with an enclave's help.
+class EnclaveSessionMixin:
+    """Keys and the enclave an owner-side estimator trains against (shared by every model kind).
 
-    Parameters
-    ----------
-    learning_rate : float, default=1.0
-        Step size; the enclave folds it into the error it returns.
-    momentum : float, default=0.9
-        Nesterov momentum (0 for plain gradient descent).
-    batch_size : int or None, default=None
-        Samples per step; ``None`` is full-batch gradient descent.
-    max_iter : int, default=30
-        Epochs ``fit`` runs.
-    fit_intercept : bool, default=True
-    params : str, default="n8192"
-        CKKS parameter preset (see :data:`cipherloop.ckks.PRESETS`).
-    enclave : str or None, default=None
-        Socket path of a running simulated enclave (its state directory holds
-        the socket) to use; ``None`` starts a private enclave process on first
-        use (stopped by :meth:`close` or at exit). Either way the key is
-        released only after attestation; the simulated TEE is accepted
-        explicitly, since this estimator runs on the owner's own machine.
-
-    Attributes
-    ----------
-    coef_ : ndarray of shape (1, n_features)
-    intercept_ : ndarray of shape (1,)
-    classes_ : ndarray of shape (2,)
-    n_features_in_ : int
-    n_iter_ : int
-        Epochs run so far.
-    model_ : EncryptedModel
-        The encrypted model as the cloud holds it.
-    stats_ : RefineStats
-        Cost of the last call (steps, refreshes, enclave time, operation counts).
-
-    Examples
-    --------
-    >>> from sklearn.datasets import load_breast_cancer
-    >>> from sklearn.preprocessing import StandardScaler
-    >>> X, y = load_breast_cancer(return_X_y=True)
-    >>> X = StandardScaler().fit_transform(X)
-    >>> clf = EncryptedLogisticRegression(max_iter=5).fit(X, y)  # doctest: +SKIP
-    >>> clf.score(X, y) > 0.9  # doctest: +SKIP
-    True
+    Expects ``params`` (a CKKS preset name) and ``enclave`` (a socket path or
+    ``None``) as estimator parameters.
     """
 
-    _parameter_constraints: dict[str, list[Any]] = {
-        "learning_rate": [Interval(Real, 0, 1000, closed="neither")],
-        "momentum": [Interval(Real, 0, 1, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "fit_intercept": ["boolean"],
-        "params": [StrOptions(set(PRESETS))],
-        "enclave": [str, None],
-    }
-
-    def __init__(self, *, learning_rate: float = 1.0, momentum: float = 0.9,
-                 batch_size: int | None = None, max_iter: int = 30, fit_intercept: bool = True,
-                 params: str = "n8192", enclave: str | None = None) -> None:
-        self.learning_rate = learning_rate
-        self.momentum = momentum
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.fit_intercept = fit_intercept
-        self.params = params
-        self.enclave = enclave
-
-    def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
+    params: str
+    enclave: str | None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -142,9 +81,92 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
         for private in ("_process", "_client", "_finalizer"):
             self.__dict__.pop(private, None)
 
+
+class EncryptedLogisticRegression(EnclaveSessionMixin, ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """Logistic regression (binary, or multinomial over K classes) trained on CKKS-encrypted data
+    with an enclave's help.
+
+    Two classes train the binary model (one weight vector, sigmoid), like
+    scikit-learn's ``LogisticRegression``; three or more train multinomial
+    logistic regression (one weight vector per class, softmax computed
+    exactly in the enclave).
+
+    Parameters
+    ----------
+    learning_rate : float, default=1.0
+        Step size; the enclave folds it into the error it returns.
+    momentum : float, default=0.9
+        Nesterov momentum (0 for plain gradient descent).
+    batch_size : int or None, default=None
+        Samples per step; ``None`` is full-batch gradient descent.
+    max_iter : int, default=30
+        Epochs ``fit`` runs.
+    fit_intercept : bool, default=True
+    params : str, default="n8192"
+        CKKS parameter preset (see :data:`cipherloop.ckks.PRESETS`).
+    enclave : str or None, default=None
+        Socket path of a running simulated enclave (its state directory holds
+        the socket) to use; ``None`` starts a private enclave process on first
+        use (stopped by :meth:`close` or at exit). Either way the key is
+        released only after attestation; the simulated TEE is accepted
+        explicitly, since this estimator runs on the owner's own machine.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (1, n_features) or (n_classes, n_features)
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    classes_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
+    n_iter_ : int
+        Epochs run so far.
+    model_ : EncryptedModel or EncryptedNetwork
+        The encrypted model as the cloud holds it (binary, or softmax).
+    stats_ : RefineStats
+        Cost of the last call (steps, refreshes, enclave time, operation counts).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> X = StandardScaler().fit_transform(X)
+    >>> clf = EncryptedLogisticRegression(max_iter=5).fit(X, y)  # doctest: +SKIP
+    >>> clf.score(X, y) > 0.9  # doctest: +SKIP
+    True
+    """
+
+    _parameter_constraints: dict[str, list[Any]] = {
+        "learning_rate": [Interval(Real, 0, 1000, closed="neither")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "fit_intercept": ["boolean"],
+        "params": [StrOptions(set(PRESETS))],
+        "enclave": [str, None],
+    }
+
+    def __init__(self, *, learning_rate: float = 1.0, momentum: float = 0.9,
+                 batch_size: int | None = None, max_iter: int = 30, fit_intercept: bool = True,
+                 params: str = "n8192", enclave: str | None = None) -> None:
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.fit_intercept = fit_intercept
+        self.params = params
+        self.enclave = enclave
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = True
+        return tags
+
     # -- fitting -----------------------------------------------------------------
     def _encode_labels(self, y: np.ndarray) -> np.ndarray:
-        return np.asarray(y == self.classes_[1], dtype=np.float64)
+        """Binary: 1.0 for the second class; multiclass: the class index."""
+        if len(self.classes_) == 2:
+            return np.asarray(y == self.classes_[1], dtype=np.float64)
+        return np.searchsorted(self.classes_, y).astype(np.float64)
 
     def _partial_fit(self, X: Any, y: Any, *, epochs: int, reset: bool,
                      classes: Any = None) -> EncryptedLogisticRegression:
@@ -153,28 +175,36 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
         if first:
             labels = unique_labels(y) if classes is None else np.asarray(classes)
             y_type = type_of_target(y, input_name="y", raise_unknown=True)
-            if y_type not in ("binary", "unknown") and len(labels) > 2:
-                raise ValueError("Only binary classification is supported. The type of the "
-                                 f"target is {y_type}.")
-            if len(labels) != 2:
-                raise ValueError(f"EncryptedLogisticRegression needs 2 classes; got {len(labels)} "
-                                 f"class{'es' if len(labels) != 1 else ''}")
+            if y_type not in ("binary", "multiclass", "unknown"):
+                raise ValueError(f"Unknown label type: {y_type}")
+            if len(labels) < 2:
+                raise ValueError(f"EncryptedLogisticRegression needs at least 2 classes; got "
+                                 f"{len(labels)} class")
             self.classes_ = labels
             self.n_iter_ = 0
         elif not np.isin(unique_labels(y), self.classes_).all():
             raise ValueError("y holds classes not seen in the first call")
         key, client = self._session(X.shape[1])
+        k = len(self.classes_)
         if first:
             intercept = 0.0 if self.fit_intercept else None
-            self.model_: EncryptedModel = encrypt_model(key, np.zeros(X.shape[1]), intercept)
-        data = encrypt_dataset(key, X, self._encode_labels(y))
+            self.model_: EncryptedModel | EncryptedNetwork = (
+                encrypt_model(key, np.zeros(X.shape[1]), intercept) if k == 2 else
+                encrypt_network(key, initial_network("softmax", X.shape[1], k,
+                                                     fit_intercept=self.fit_intercept)))
+        data = encrypt_dataset(key, X, self._encode_labels(y), n_classes=k)
         config = RefineConfig(learning_rate=float(self.learning_rate), momentum=float(self.momentum),
                               batch_size=self.batch_size, epochs=epochs)
         self.model_, stats = refine(self.model_, [data], config, context=key, enclave=client)
         self.stats_: RefineStats = stats
-        coef, b = decrypt_model(key, self.model_)
-        self.coef_ = coef.reshape(1, -1)
-        self.intercept_ = np.array([b])
+        if isinstance(self.model_, EncryptedNetwork):
+            w = decrypt_network(key, self.model_).weights
+            self.coef_ = w["coef"].T
+            self.intercept_ = w["intercept"] if "intercept" in w else np.zeros(k)
+        else:
+            coef, b = decrypt_model(key, self.model_)
+            self.coef_ = coef.reshape(1, -1)
+            self.intercept_ = np.array([b])
         self.n_iter_ += epochs
         return self
 
@@ -192,13 +222,26 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
     def decision_function(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
+        if len(self.classes_) > 2:
+            return np.asarray(X @ self.coef_.T + self.intercept_)
         scores: np.ndarray = X @ self.coef_[0] + self.intercept_[0]
         return scores
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-np.clip(self.decision_function(X), -500, 500)))
+        z = self.decision_function(X)
+        if z.ndim == 2:
+            return softmax(z)
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X: Any) -> np.ndarray:
         scores = self.decision_function(X)
+        if scores.ndim == 2:
+            return np.asarray(self.classes_[scores.argmax(axis=1)])
         return np.asarray(self.classes_[(scores > 0).astype(int)])
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (probabilities of K classes from their logits)."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(e / e.sum(axis=1, keepdims=True))

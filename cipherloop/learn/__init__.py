@@ -14,6 +14,7 @@ from .logistic import (
     scores,
 )
 from .loop import refine
+from .mlp import scores as network_scores
 from .model import EncryptedDataset, EncryptedModel
 from .network import EncryptedNetwork
 
@@ -28,6 +29,7 @@ __all__ = [
     "RefineStats",
     "compare",
     "evaluate",
+    "network_scores",
     "refine",
     "refresh_model",
     "scores",

@@ -150,14 +150,14 @@ class EnclaveClient:
                       level=level, intercept=intercept)
         return [bytes(b) for b in r["delta"]], _maybe(r.get("delta_sum"))
 
-    def evaluate(self, key_id: str, *, model: dict[str, bytes], features: bytes, labels: bytes,
+    def evaluate(self, key_id: str, *, model: dict[str, Any], features: bytes, labels: bytes,
                  metrics: Sequence[str] = ("accuracy", "log_loss")) -> dict[str, float]:
         """Metrics of ``model`` on a hold-out set the owner pinned (batches as uploaded)."""
         r = self.call("evaluate", key_id=key_id, model=model, features=features, labels=labels,
                       metrics=list(metrics))
         return {str(k): float(v) for k, v in r.items()}
 
-    def compare(self, key_id: str, *, candidate: dict[str, bytes], current: dict[str, bytes],
+    def compare(self, key_id: str, *, candidate: dict[str, Any], current: dict[str, Any],
                 features: bytes, labels: bytes, metric: str = "log_loss",
                 with_metrics: bool = False) -> dict[str, Any]:
         """Promote or keep ``candidate`` over ``current`` on a pinned hold-out set."""

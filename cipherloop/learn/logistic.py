@@ -26,6 +26,7 @@ from ..ckks.context import _ContextBase
 from .enclave_client import EnclaveClient
 from .engine import Engine, LocalEngine
 from .model import EncryptedDataset, EncryptedModel
+from .network import EncryptedNetwork
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,18 @@ def scores(model: EncryptedModel, data: EncryptedDataset, *, context: _ContextBa
     return session.engine.logits(data, model.coef, model.intercept, blocks)
 
 
-def model_parts(model: EncryptedModel, context: _ContextBase) -> dict[str, bytes]:
-    """The weights the enclave scores (coefficients and intercept), as batches."""
+def model_parts(model: EncryptedModel | EncryptedNetwork, context: _ContextBase) -> dict[str, Any]:
+    """The weights the enclave scores (coefficients and intercepts), as batches.
+
+    A network sends its weight groups without momentum (and without the MLP's
+    transposed copy of ``coef2``), and an MLP its activation by name.
+    """
+    if isinstance(model, EncryptedNetwork):
+        wanted = ("coef", "intercept", "coef1", "intercept1", "coef2", "intercept2")
+        out: dict[str, Any] = {k: v for k, v in model.to_batches(context).items() if k in wanted}
+        if model.kind == "mlp":
+            out["activation"] = model.activation
+        return out
     parts = {"coef": CiphertextBatch.of(context, [model.coef], model.layout.describe()).to_bytes()}
     if model.intercept is not None:
         parts["intercept"] = CiphertextBatch.of(
@@ -210,7 +221,7 @@ def model_parts(model: EncryptedModel, context: _ContextBase) -> dict[str, bytes
     return parts
 
 
-def evaluate(model: EncryptedModel, holdout: tuple[CiphertextBatch, CiphertextBatch], *,
+def evaluate(model: EncryptedModel | EncryptedNetwork, holdout: tuple[CiphertextBatch, CiphertextBatch], *,
              context: _ContextBase, enclave: EnclaveClient,
              metrics: Sequence[str] = ("accuracy", "log_loss")) -> dict[str, float]:
     """Coarse metrics of ``model`` on the owner's pinned hold-out set, scored in the enclave.
@@ -224,7 +235,8 @@ def evaluate(model: EncryptedModel, holdout: tuple[CiphertextBatch, CiphertextBa
                             metrics=metrics)
 
 
-def compare(candidate: EncryptedModel, current: EncryptedModel,
+def compare(candidate: EncryptedModel | EncryptedNetwork,
+            current: EncryptedModel | EncryptedNetwork,
             holdout: tuple[CiphertextBatch, CiphertextBatch], *, context: _ContextBase,
             enclave: EnclaveClient, metric: str = "log_loss", with_metrics: bool = False,
             ) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from .logistic import (
 from .model import EncryptedDataset, EncryptedModel
 from .network import EncryptedNetwork
 
-M = TypeVar("M", EncryptedModel, EncryptedNetwork)
+M = TypeVar("M", bound=EncryptedModel | EncryptedNetwork)
 
 
 def _kind_step(model: EncryptedModel | EncryptedNetwork) -> Callable[..., object]:

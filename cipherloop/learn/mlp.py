@@ -33,16 +33,20 @@ enclave calls.
 
 from __future__ import annotations
 
-from ..ckks import CiphertextBatch, Diagonals
+from collections.abc import Sequence
+
+from ..ckks import Ciphertext, CiphertextBatch, Diagonals
+from ..ckks.context import _ContextBase
 from ..ckks.layout import from_description
-from ..errors import ShapeError
-from .logistic import RefineConfig, _Session
+from ..errors import EnclaveUnavailable, ShapeError
+from .enclave_client import EnclaveClient
+from .logistic import LevelPlanner, RefineConfig, RefineStats, _Session, refresh_model
 from .model import EncryptedDataset
 from .network import EncryptedNetwork
 from .softmax import gradients, lookahead, products, scalars, window
 
 
-def _diagonals(session: _Session, raw: bytes) -> tuple[Diagonals, list]:  # type: ignore[type-arg]
+def _diagonals(session: _Session, raw: bytes) -> tuple[Diagonals, list[Ciphertext]]:
     batch = CiphertextBatch.from_bytes(raw)
     layout = from_description(batch.layout)
     if not isinstance(layout, Diagonals):
@@ -97,3 +101,33 @@ def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
         new["intercept2"] = [b - s for b, s in zip(b2, scalars(session, s2_raw, K), strict=True)]
     session.stats.steps += 1
     return model.stepped(new, config.momentum)
+
+
+def scores(model: EncryptedNetwork, features: Sequence[Ciphertext], layout: Diagonals, *,
+           context: _ContextBase, enclave: EnclaveClient | None) -> list[list[Ciphertext]]:
+    """Encrypted output logits, one list of per-block ciphertexts per class (encrypted inference).
+
+    The softmax model needs only the host's products; the MLP asks the
+    enclave for the hidden activations once (``mlp_hidden`` over every block).
+    """
+    if model.n_features != layout.n_features:
+        raise ShapeError("features and model disagree on the number of features")
+    blocks = list(range(layout.n_blocks))
+    planner = LevelPlanner(0.0)
+    if model.kind == "softmax" and not planner.needs_refresh(model):
+        return products(features, layout, model.groups["coef"], model.group("intercept"), blocks)
+    if enclave is None:
+        raise EnclaveUnavailable("this model needs the enclave for inference")
+    session = _Session(context, enclave, RefineStats())
+    if planner.needs_refresh(model):
+        model = refresh_model(model, session)
+    if model.kind == "softmax":
+        return products(features, layout, model.groups["coef"], model.group("intercept"), blocks)
+    z1 = products(features, layout, model.groups["coef1"], model.group("intercept1"), blocks)
+    a_raw, _ = session.enclave_call(
+        enclave.mlp_hidden, context.key_id,
+        z=[session.batch(z, layout.samples.describe()) for z in z1],
+        features=layout.describe(), first_block=0, start=0, stop=layout.n_samples,
+        activation=model.activation, n_classes=model.n_classes)
+    la, a = _diagonals(session, a_raw)
+    return products(a, la, model.groups["coef2"], model.group("intercept2"), blocks)
