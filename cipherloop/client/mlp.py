@@ -179,4 +179,5 @@ class EncryptedMLPClassifier(EnclaveSessionMixin, ClassifierMixin, BaseEstimator
         return self._proba(validate_data(self, X, reset=False, dtype=np.float64))
 
     def predict(self, X: Any) -> np.ndarray:
-        return np.asarray(self.classes_[self.predict_proba(X).argmax(axis=1)])
+        best = self.predict_proba(X).argmax(axis=1)
+        return np.asarray(self.classes_[best])
