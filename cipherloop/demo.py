@@ -44,7 +44,7 @@ from .errors import CipherloopError
 from .learn import RefineConfig
 from .learn.model import EncryptedModel
 from .learn.network import EncryptedNetwork
-from .learn.reference import PlainModel, plain_network_refine, plain_refine
+from .learn.reference import PlainModel, PlainNetwork, plain_network_refine, plain_refine
 from .learn.wire import encode_samples
 
 
@@ -125,6 +125,12 @@ class _Kind:
         if self.k == 2:
             return plain_refine(model, [data], cfg)
         return plain_network_refine(model, [data], cfg)
+
+    def without_momentum(self, model: Any) -> Any:
+        """What the owner uploads: weights only (the service starts without a velocity)."""
+        if self.k == 2:
+            return PlainModel(model.coef, model.intercept)
+        return PlainNetwork(model.kind, dict(model.weights), model.activation)
 
     def encrypt(self, key: SecretContext, model: Any) -> bytes:
         if self.k == 2:
@@ -238,7 +244,7 @@ def run(config: DemoConfig, workdir: Path, *,
 
         # -- the owner comes back: pull every version, decrypt, compare ---------------
         versions = sorted(owner.versions(model_id), key=lambda v: v["number"])
-        plain = first
+        plain = kind.without_momentum(first)
         results = [RoundResult(0, len(data.first[1]), "uploaded", None,
                                kind.accuracy(first, data.test), kind.accuracy(first, data.test),
                                0.0, 0.0)]
