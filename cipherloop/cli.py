@@ -66,7 +66,8 @@ def _progress() -> Progress:
 @app.command()
 def demo(
     rounds: Annotated[int, typer.Option(min=1, max=20, help="Rounds of new encrypted data.")] = 6,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs the service runs per round.")] = 8,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Epochs the service runs per round (default 8; 3 on digits).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the plot and the service's data.")] = Path(
         "cipherloop-demo"),
     params: Annotated[str, typer.Option(help="CKKS preset: n8192 or n16384.")] = "n8192",
@@ -90,6 +91,7 @@ def demo(
     if data not in ("breast_cancer", "digits"):
         raise typer.BadParameter("--data is breast_cancer or digits")
     digits = data == "digits"
+    epochs = epochs if epochs is not None else (3 if digits else 8)
     config = demo_mod.DemoConfig(rounds=rounds, epochs_per_round=epochs, params=params, data=data,
                                  first_slice=100 if digits else 30,
                                  holdout=120 if digits else 60)

@@ -157,3 +157,16 @@ def test_owner_cli_over_http_with_a_multiclass_mlp(service: tuple[str, str, Path
     expected = np.exp(z - z.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
     assert p.shape == (10, 3) and np.abs(p - expected).max() < 1e-3
+
+
+def test_demo_on_digits_runs_a_multiclass_model_through_the_service(tmp_path: Path) -> None:
+    config = demo_mod.DemoConfig(rounds=2, epochs_per_round=1, data="digits", first_slice=100,
+                                 holdout=120)
+    results = demo_mod.run(config, tmp_path / "svc")
+    assert [r.round for r in results] == [0, 1, 2]
+    for r in results[1:]:
+        assert r.decision in ("promote", "keep")
+        assert r.max_weight_gap < 1e-2
+        assert abs(r.encrypted_accuracy - r.plaintext_accuracy) <= 0.01
+    assert results[-1].encrypted_accuracy > 0.6
+    assert demo_mod.plot(results, tmp_path / "plot.png", "digits").stat().st_size > 10_000
