@@ -181,6 +181,14 @@ def test_network_round_trips_through_bytes(owner_key: SecretContext,
         assert np.allclose(got.weights[name], w, atol=1e-5)
 
 
+def test_a_one_feature_network_keeps_its_matrix_shapes(owner_key: SecretContext,
+                                                       host_context: PublicContext) -> None:
+    plain = initial_network("mlp", 1, 3, hidden=4, activation="relu")
+    got = decrypt_network(owner_key, encrypt_network(host_context, plain))
+    assert got.weights["coef1"].shape == (1, 4) and got.weights["intercept1"].shape == (4,)
+    assert np.allclose(got.weights["coef1"], plain.weights["coef1"], atol=1e-5)
+
+
 def test_network_and_data_of_other_widths_are_refused(
         owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess) -> None:
     data = _to_host(host_context, owner_key, np.zeros((10, 5)), np.zeros(10), 3)

@@ -54,7 +54,8 @@ def decrypt_network(context: SecretContext, model: EncryptedNetwork) -> PlainNet
             continue
         layout = model.layouts[name]
         cols = [layout.unpack(context.decrypt(ct)) for ct in cts]
-        out[name] = np.asarray(cols).ravel() if layout.n_values == 1 else np.stack(cols, axis=1)
+        out[name] = (np.asarray(cols).ravel() if name.startswith("intercept")
+                     else np.stack(cols, axis=1))
     return PlainNetwork(model.kind, out, model.activation)
 
 
