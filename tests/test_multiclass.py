@@ -233,6 +233,11 @@ def test_holdout_metrics_decisions_and_inference_for_networks(
         assert decision["promote"] is True and decision["candidate"] < decision["current"]
         assert compare(zero, better, pinned_set, context=host_context,
                        enclave=proc.client)["promote"] is False
+        # The owner's own zero model (secret-key encryption: it decrypts to almost exactly 0)
+        # is scored like any other, never an enclave fault.
+        exact_zero = encrypt_network(owner_key, initial_network(kind, X.shape[1], 3, hidden=6))
+        assert compare(exact_zero, exact_zero, pinned_set, context=host_context,
+                       enclave=proc.client)["promote"] is True
     hold = EncryptedDataset.from_batches(host_context, *pinned_set)
     z = network_scores(better, hold.features, hold.layout, context=host_context,
                        enclave=enclave.client)

@@ -70,7 +70,7 @@ def test_owner_cli_over_http(service: tuple[str, str, Path], tmp_path: Path) -> 
     with ServiceClient(url, owner_token) as owner:  # the round is triggered by the upload alone
         deadline = time.monotonic() + 120
         while not any(r["state"] == "done" for r in owner.rounds(model_id)):
-            assert time.monotonic() < deadline, owner.rounds(model_id)
+            assert time.monotonic() < deadline, str(owner.rounds(model_id))
             time.sleep(0.5)
 
     status = _cli("status", env=env)

@@ -170,6 +170,20 @@ class Diagonals:
                     out.append(np.roll(diag, self.baby * b2))
         return out
 
+    def unpack(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Inverse of :meth:`pack`: the ``(n_samples, n_features)`` matrix back."""
+        if len(arrays) != self.n_blocks * self.period:
+            raise ShapeError(f"expected {self.n_blocks * self.period} diagonals, got {len(arrays)}")
+        S, P = self.slots, self.period
+        padded = np.zeros((self.n_blocks * S, P))
+        t = np.arange(S)
+        for c in range(self.n_blocks):
+            for b2 in range(self.giant):
+                for b1 in range(self.baby):
+                    diag = np.roll(np.asarray(arrays[self.index(c, b1, b2)])[:S], -self.baby * b2)
+                    padded[c * S + t, (t + b1 + self.baby * b2) % P] = diag
+        return padded[: self.n_samples, : self.n_features]
+
     def pack_errors(self, e: np.ndarray) -> list[np.ndarray]:
         """Errors pre-rotated per giant step: block ``c``, step ``b2`` at ``c*giant + b2``."""
         blocks = self.samples.pack(e)

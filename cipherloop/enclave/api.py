@@ -21,7 +21,9 @@ decryption oracle. So every operation has two phases:
 Releases (:func:`evaluate`, :func:`compare`) are computed only on hold-out
 sets the owner pinned in its policy, scored by the enclave itself from the
 model ciphertexts -- the only host-chosen input to a release is the model --
-and every released number is charged, durably, before it leaves.
+and every released number is charged, durably, before it leaves. Scoring
+decrypts the pinned hold-out set (the owner's own data, pinned for exactly
+this); the refining steps never see a sample's features.
 """
 
 from __future__ import annotations
@@ -56,8 +58,6 @@ VALUE_BOUND = float(2**20)
 #: Most vectors one model part may hold (classes or hidden units).
 _MAX_UNITS = 1024
 _ACTIVATIONS = ("relu", "tanh", "logistic")
-#: Scale the enclave encodes a decrypted model at when it scores a hold-out set.
-_SCORE_SCALE = float(2**30)
 
 L = TypeVar("L", SampleBlocks, Replicated, Diagonals)
 
@@ -350,49 +350,34 @@ def logistic_error(
 
 
 # ---------------------------------------------------------------- coarse aggregates
-def _holdout_scores(entry: KeyEntry, diag: Diagonals, features: Sequence[Ciphertext],
-                    coef: Ciphertext, intercept: Ciphertext | None) -> np.ndarray:
-    """``X @ w + b`` on the hold-out set, the features never decrypted.
+def _holdout_scores(entry: KeyEntry, X: np.ndarray, diag: Diagonals, coef: Ciphertext,
+                    intercept: Ciphertext | None) -> np.ndarray:
+    """``X @ w + b`` on the decrypted, pinned hold-out set, with the model clipped to ``±VALUE_BOUND``.
 
-    The model is decrypted (clipped to ``±VALUE_BOUND``) and multiplied into
-    the encrypted diagonals as plaintext, so only the per-giant-step partial
-    logits are decrypted; rotating plaintext is free, so no Galois key is needed.
+    Plain numpy on decrypted values: nothing here can fail on a value. (Multiplying
+    the encrypted features by the plaintext model instead would fail in SEAL when
+    the model encodes to zero -- a value-dependent failure.)
     """
-    backend = entry.context.backend
-    w_rep = diag.model.pack(diag.model.unpack(_reveal(entry, [coef], -VALUE_BOUND, VALUE_BOUND)[0]))
+    w = diag.model.unpack(_reveal(entry, [coef], -VALUE_BOUND, VALUE_BOUND)[0])
     b = 0.0
     if intercept is not None:
         b = float(_reveal(entry, [intercept], -VALUE_BOUND, VALUE_BOUND)[0].mean())
-    level = features[0].level
-    plains = [backend.encode(np.roll(w_rep, -b1), level=level, scale=_SCORE_SCALE)
-              for b1 in range(diag.baby)]
-    S, z = diag.slots, np.zeros(diag.n_blocks * diag.slots)
-    for c in range(diag.n_blocks):
-        for b2 in range(diag.giant):
-            acc = None
-            for b1 in range(diag.baby):
-                term = backend.multiply_plain(features[diag.index(c, b1, b2)].handle, plains[b1])
-                acc = term if acc is None else backend.add(acc, term)
-            part = np.clip(np.nan_to_num(backend.decrypt(acc)), -VALUE_BOUND ** 2, VALUE_BOUND ** 2)
-            z[c * S:(c + 1) * S] += np.roll(part, -diag.baby * b2)
-    return z[: diag.n_samples] + b
+    return np.asarray(X @ w + b)
 
 
-def _score(entry: KeyEntry, diag: Diagonals, features: Sequence[Ciphertext], model: _Scored
-           ) -> np.ndarray:
-    """Logits on the hold-out set: ``(n,)`` for a binary model, ``(n, K)`` otherwise.
+def _score(entry: KeyEntry, X: np.ndarray, diag: Diagonals, model: _Scored) -> np.ndarray:
+    """Logits on the decrypted hold-out set: ``(n,)`` for a binary model, ``(n, K)`` otherwise.
 
-    Every linear layer over the encrypted features is :func:`_holdout_scores`;
-    an MLP's hidden activations and output layer are computed here in the
-    clear from the (clipped) decrypted weights and pre-activations.
+    Every layer is plain numpy on clipped decrypted values (see
+    :func:`_holdout_scores`): nothing here can fail on a value.
     """
     def column(cts: tuple[Ciphertext, ...], b: tuple[Ciphertext, ...] | None) -> np.ndarray:
-        return np.stack([_holdout_scores(entry, diag, features, w, None if b is None else b[i])
+        return np.stack([_holdout_scores(entry, X, diag, w, None if b is None else b[i])
                          for i, w in enumerate(cts)], axis=1)
 
     if not model.activation:
         if len(model.coef) == 1:
-            return _holdout_scores(entry, diag, features, model.coef[0],
+            return _holdout_scores(entry, X, diag, model.coef[0],
                                    None if model.intercept is None else model.intercept[0])
         return column(model.coef, model.intercept)
     clip = entry.policy.clip
@@ -451,7 +436,8 @@ def evaluate(entry: KeyEntry, model: Mapping[str, Any], features_raw: bytes, lab
     scored = _check_model(entry, model, diag, max_bytes=max_bytes)
     entry.spend(len(wanted))
     with _after_decryption(entry):
-        z = _score(entry, diag, f, scored)
+        X = diag.unpack(list(_reveal(entry, f, -VALUE_BOUND, VALUE_BOUND)))
+        z = _score(entry, X, diag, scored)
         y = _reveal(entry, y_cts, 0.0, scored.n_classes - 1.0).ravel()[: diag.n_samples]
         values = _metrics(z, y, entry.policy.clip)
         return {m: coarse(values[m]) for m in wanted}
@@ -476,9 +462,10 @@ def compare(entry: KeyEntry, candidate: Mapping[str, Any], current: Mapping[str,
     entry.spend(3 if released else 1)
     clip = entry.policy.clip
     with _after_decryption(entry):
+        X = diag.unpack(list(_reveal(entry, f, -VALUE_BOUND, VALUE_BOUND)))
         y = _reveal(entry, y_cts, 0.0, cand.n_classes - 1.0).ravel()[: diag.n_samples]
-        a = _metrics(_score(entry, diag, f, cand), y, clip)[metric]
-        b = _metrics(_score(entry, diag, f, cur), y, clip)[metric]
+        a = _metrics(_score(entry, X, diag, cand), y, clip)[metric]
+        b = _metrics(_score(entry, X, diag, cur), y, clip)[metric]
         promote = a >= b if metric == "accuracy" else a <= b
         out: dict[str, Any] = {"promote": bool(promote)}
         if released:
