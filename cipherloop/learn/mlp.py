@@ -43,7 +43,7 @@ from .enclave_client import EnclaveClient
 from .logistic import LevelPlanner, RefineConfig, RefineStats, _Session, refresh_model
 from .model import EncryptedDataset
 from .network import EncryptedNetwork
-from .softmax import gradients, lookahead, products, scalars, window
+from .softmax import gradients, lookahead, products, scalars, window, window_features
 
 
 def _diagonals(session: _Session, raw: bytes) -> tuple[Diagonals, list[Ciphertext]]:
@@ -68,7 +68,8 @@ def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
     samples = lx.samples.describe()
     common = {"features": lx.describe(), "first_block": c0, "start": start, "stop": stop}
 
-    z1 = products(data.features, lx, u["coef1"], b1, blocks)
+    feats, local_x = window_features(data, blocks), list(range(len(blocks)))
+    z1 = products(feats, lx, u["coef1"], b1, local_x)
     z1_raw = [session.batch(z, samples) for z in z1]
     a_raw, a_err = session.enclave_call(enclave.mlp_hidden, key, z=z1_raw, activation=act,
                                         n_classes=K, **common)
@@ -90,7 +91,7 @@ def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
     d_raws, s1_raw = session.enclave_call(
         enclave.mlp_backward, key, p=[session.batch(x, samples) for x in p], z=z1_raw,
         activation=act, level=data.level, intercept=b1 is not None, **common)
-    g1 = gradients(session, data.features, lx, d_raws, blocks)
+    g1 = gradients(session, feats, lx, d_raws, local_x)
 
     new = {"coef1": [w - g for w, g in zip(u["coef1"], g1, strict=True)],
            "coef2": [w - g for w, g in zip(u["coef2"], g2, strict=True)],

@@ -65,6 +65,19 @@ def window(layout: Diagonals, start: int, stop: int) -> list[int]:
     return list(range(start // S, (stop - 1) // S + 1))
 
 
+def window_features(data: EncryptedDataset, blocks: Sequence[int]) -> list[Ciphertext]:
+    """The feature ciphertexts of ``blocks`` only, in block-local order (block ``i`` of the
+    window at ``layout.index(i, b1, b2)``): a step reads nothing outside its window.
+
+    Uses a data set's ``block(c)`` where it has one (a data set streamed block by block).
+    """
+    block = getattr(data, "block", None)
+    if callable(block):
+        return [ct for c in blocks for ct in block(c)]
+    P = data.layout.period
+    return [ct for c in blocks for ct in data.features[c * P:(c + 1) * P]]
+
+
 def products(features: Sequence[Ciphertext], layout: Diagonals, weights: Sequence[Ciphertext],
              intercepts: Sequence[Ciphertext] | None, blocks: Sequence[int]
              ) -> list[list[Ciphertext]]:
@@ -98,7 +111,8 @@ def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
     c0 = blocks[0]
     u = lookahead(model, config.momentum)
     intercepts = u.get("intercept")
-    z = products(data.features, layout, u["coef"], intercepts, blocks)
+    feats, local = window_features(data, blocks), list(range(len(blocks)))
+    z = products(feats, layout, u["coef"], intercepts, local)
     samples = layout.samples.describe()
     e_raws, s_raw, _ = session.enclave_call(
         session.enclave.softmax_error, session.key_id,
@@ -107,7 +121,7 @@ def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
         features=layout.describe(), first_block=c0, start=start, stop=stop,
         learning_rate=config.learning_rate, level=data.level, intercept=intercepts is not None,
     )
-    g = gradients(session, data.features, layout, e_raws, blocks)
+    g = gradients(session, feats, layout, e_raws, local)
     new = {"coef": [w - gk for w, gk in zip(u["coef"], g, strict=True)]}
     if intercepts is not None:
         s = scalars(session, s_raw, len(intercepts))
