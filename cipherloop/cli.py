@@ -87,12 +87,16 @@ def _progress(unit: str = "") -> Progress:
 @app.command()
 def demo(
     rounds: Annotated[int, typer.Option(min=1, max=20, help="Rounds of new encrypted data.")] = 6,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs the service runs per round.")] = 8,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Epochs the service runs per round (default 8; 3 on digits).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the plot and the service's data.")] = Path(
         "cipherloop-demo"),
     params: Annotated[str, typer.Option(help="CKKS preset: n8192 or n16384.")] = "n8192",
+    data: Annotated[str, typer.Option(
+        help="breast_cancer (binary) or digits (10 classes, multinomial logistic regression; "
+             "rounds of 3 epochs unless --epochs says otherwise).")] = "breast_cancer",
 ) -> None:
-    """An autonomous refining service at work, on breast-cancer data, next to plaintext.
+    """An autonomous refining service at work, on breast-cancer data (or digits), next to plaintext.
 
     Starts a real service process (HTTP API, round worker, SQLite, blob store)
     with its enclave (simulated TEE platform). The owner attests the enclave and
@@ -105,8 +109,15 @@ def demo(
 
     from . import demo as demo_mod
 
-    config = demo_mod.DemoConfig(rounds=rounds, epochs_per_round=epochs, params=params)
-    table = Table(title="autonomous encrypted refinement: breast cancer, test accuracy",
+    if data not in ("breast_cancer", "digits"):
+        raise typer.BadParameter("--data is breast_cancer or digits")
+    digits = data == "digits"
+    epochs = epochs if epochs is not None else (3 if digits else 8)
+    config = demo_mod.DemoConfig(rounds=rounds, epochs_per_round=epochs, params=params, data=data,
+                                 first_slice=100 if digits else 30,
+                                 holdout=120 if digits else 60)
+    title = "digits (10 classes)" if digits else "breast cancer"
+    table = Table(title=f"autonomous encrypted refinement: {title}, test accuracy",
                   caption="gap = max |w_encrypted - w_plaintext| of the round's candidate; "
                           "hold-out = log-loss the enclave released")
     for col in ("round", "seen", "decision", "hold-out", "enc acc", "plain acc", "gap", "sec"):
@@ -141,7 +152,7 @@ def demo(
                                on_event=progress.console.print, on_round=on_round,
                                on_progress=on_progress)
     console.print(table)
-    path = demo_mod.plot(results, out / "accuracy_per_round.png")
+    path = demo_mod.plot(results, out / "accuracy_per_round.png", title)
     console.print(f"plot saved to [bold]{path}[/]; service log in {workdir / 'service.log'}")
 
 
@@ -377,6 +388,11 @@ def init(
     allow_simulated: AllowSim = False,
     sim_root: SimRoot = None,
     measurement: Measurements = None,
+    model_kind: Annotated[str, typer.Option(
+        "--model", help="Model kind: logreg (binary or multinomial) or mlp.")] = "logreg",
+    classes: Annotated[int, typer.Option(min=2, max=256, help="Number of classes.")] = 2,
+    hidden: Annotated[int, typer.Option(min=1, max=1024, help="Hidden units (mlp).")] = 32,
+    activation: Annotated[str, typer.Option(help="relu, tanh or logistic (mlp).")] = "relu",
 ) -> None:
     """Set up a model in the service, then go offline.
 
@@ -395,6 +411,9 @@ def init(
 
     secret = _read_key(key)
     verifier = _verifier(allow_simulated, sim_root, measurement)
+    if model_kind not in ("logreg", "mlp") or activation not in ("relu", "tanh", "logistic"):
+        raise typer.BadParameter("--model is logreg or mlp; --activation relu, tanh or logistic")
+    network = model_kind == "mlp" or classes > 2
     # Everything local is read and checked before the service is touched.
     own = hold = None
     if data is not None:
@@ -414,7 +433,7 @@ def init(
     if hold is not None:
         # Encrypt once and pin exactly these batches: the enclave releases metrics only
         # about a hold-out set its owner pinned, never one the host chose.
-        hold_batches = encrypt_batches(secret, _apply(pre, hold[0]), hold[1])
+        hold_batches = encrypt_batches(secret, _apply(pre, hold[0]), hold[1], n_classes=classes)
         pin = holdout_pin(*hold_batches)
         pins = [p for p in enclave_policy.get("holdouts", []) if p != pin]
         enclave_policy["holdouts"] = [*pins[-(MAX_PINNED - 1):], pin]
@@ -434,7 +453,15 @@ def init(
         model = svc.create_model(name, ctx["id"], features, policy,
                                  None if pre is None else pre.to_service())
         try:
-            svc.upload_version(model["id"], encrypt_model(secret, coef, intercept).to_bytes(secret))
+            if network:
+                from .client.network import encrypt_network, initial_network
+
+                start = initial_network("softmax" if model_kind == "logreg" else "mlp", features,
+                                        classes, hidden=hidden, activation=activation)
+                blob = encrypt_network(secret, start).to_bytes(secret)
+            else:
+                blob = encrypt_model(secret, coef, intercept).to_bytes(secret)
+            svc.upload_version(model["id"], blob)
             if hold_batches is not None:
                 svc.upload_samples(model["id"], encode_samples(*hold_batches), holdout=True)
         except BaseException:
@@ -531,6 +558,8 @@ def upload(
     standardisation are fetched from the service, applied, and the samples
     are encrypted with the public key before they leave.
     """
+    import numpy as np
+
     from .ckks import PublicContext
     from .client.data import dataset_size, upload_body
     from .client.service import ServiceClient
@@ -553,7 +582,8 @@ def upload(
             task = progress.add_task("encrypting", total=dataset_size(len(y), X.shape[1],
                                                                         ctx.params.slots))
             body = upload_body(ctx, _apply(pre, X), y,
-                               progress=lambda k: progress.advance(task, k))
+                               progress=lambda k: progress.advance(task, k),
+                               n_classes=max(2, int(np.max(y)) + 1))
         with console.status(f"uploading {len(body) / 1e6:.1f} MB"):
             row = svc.upload_samples(model, body, holdout=holdout)
     console.print(f"upload {row['id']}: {row['n_samples']} samples ({row['kind']})")
@@ -634,6 +664,7 @@ def pull(
     from .client.data import decrypt_model
     from .client.service import ServiceClient
     from .learn.model import EncryptedModel
+    from .learn.network import EncryptedNetwork, is_network
 
     secret = _read_key(key)
     with ServiceClient(server, token) as svc:
@@ -642,6 +673,19 @@ def pull(
             raise typer.BadParameter("the model has no version yet")
         blob = svc.version_blob(model, vid)
         pre = _preprocessing(svc, model)
+    if is_network(blob):
+        from .client.network import decrypt_network
+
+        net = decrypt_network(secret, EncryptedNetwork.from_bytes(secret, blob))
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in net.weights.items())
+        console.print(f"version {vid}: {net.kind} model, {shapes}")
+        if out is not None:
+            arrays: dict[str, Any] = {"kind": net.kind, "activation": net.activation, **net.weights}
+            if pre is not None:  # the network's weights apply to standardised inputs
+                arrays.update(mean=np.asarray(pre.mean), scale=np.asarray(pre.scale))
+            np.savez(out, **arrays)
+            console.print(f"saved to {out}")
+        return
     coef, b = decrypt_model(secret, EncryptedModel.from_bytes(secret, blob))
     if pre is not None:
         coef, b = pre.fold(coef, b)
@@ -683,20 +727,28 @@ def predict(
             raw = svc.predict(model, encrypt_features(secret, _apply(pre, X)).to_bytes(),
                               version_id=version)
     z = decrypt_scores(secret, raw)
-    p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+    if z.ndim == 2:  # K classes: softmax probabilities, one column per class
+        from .client.estimator import softmax
+
+        p = softmax(z)
+        guess = p.argmax(axis=1)
+    else:
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        guess = (p > 0.5).astype(int)
     if labels is not None:
         truth = load_x(labels).ravel()
         if truth.shape[0] != p.shape[0]:
             raise typer.BadParameter(f"{labels} has {truth.shape[0]} labels for {p.shape[0]} "
                                      f"samples", param_hint="--labels")
-        console.print(f"accuracy {np.mean((p > 0.5) == (truth > 0.5)):.3f} "
+        console.print(f"accuracy {np.mean(guess == np.rint(truth).astype(int)):.3f} "
                       f"on {len(p)} samples")
     if out is not None:
         np.savetxt(out, p, delimiter=",", fmt="%.6f")
         console.print(f"{len(p)} probabilities written to {out}")
     else:
         for i, v in enumerate(p[:20]):
-            console.print(f"{i}\t{v:.4f}")
+            console.print(f"{i}\t{v:.4f}" if p.ndim == 1 else
+                          f"{i}\tclass {int(v.argmax())}\t{v.max():.4f}")
         if len(p) > 20:
             console.print(f"... {len(p) - 20} more (use --out)")
 

@@ -4,7 +4,9 @@ Runs in: owner and contributor (this process), host (a ``cipherloop.cloud.server
 process: HTTP API, round worker, SQLite and a blob store) and enclave (its own
 process, simulated TEE platform).
 
-The story, on scikit-learn's breast-cancer data: the owner trains an initial
+The story, on scikit-learn's breast-cancer data (binary logistic regression)
+or its 8x8 digits (``data="digits"``: multinomial logistic regression over
+10 classes, softmax computed in the enclave): the owner trains an initial
 model on a small first slice at home, starts nothing but a key: it registers
 its public context, verifies the enclave and releases the key to it, uploads
 the encrypted initial model, an encrypted hold-out set and a policy ("refine
@@ -27,20 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from .attest import VerifiedEvidence
 from .ckks import PublicContext, SecretContext, preset, rotations_for_features
 from .client.data import dataset_size, decrypt_model, encrypt_batches, encrypt_model, upload_body
+from .client.network import decrypt_network, encrypt_network, initial_network
 from .client.provisioning import holdout_pin, provision, simulated_policy
 from .client.service import ServiceClient
 from .cloud.process import ServiceProcess
 from .errors import CipherloopError
 from .learn import RefineConfig
 from .learn.model import EncryptedModel
-from .learn.reference import PlainModel, plain_refine
+from .learn.network import EncryptedNetwork
+from .learn.reference import PlainModel, PlainNetwork, plain_network_refine, plain_refine
 from .learn.wire import encode_samples
 
 
@@ -56,6 +60,11 @@ class DemoConfig:
     params: str = "n8192"
     seed: int = 7
     round_timeout_s: float = 300.0
+    data: str = "breast_cancer"
+
+    @property
+    def n_classes(self) -> int:
+        return 10 if self.data == "digits" else 2
 
 
 @dataclass
@@ -80,11 +89,16 @@ class DemoData:
 
 def split(config: DemoConfig) -> DemoData:
     """Shuffle; hold out test and hold-out sets; cut a first slice and equal rounds."""
-    X, y = load_breast_cancer(return_X_y=True)
+    if config.data == "digits":
+        X, y = load_digits(return_X_y=True)
+        X = X / 16.0  # pixel intensities 0..16
+    else:
+        X, y = load_breast_cancer(return_X_y=True)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y.astype(np.float64), test_size=0.25,
                                               random_state=config.seed, stratify=y)
-    scaler = StandardScaler().fit(X_tr[: config.first_slice])
-    X_tr, X_te = np.clip(scaler.transform(X_tr), -8, 8), np.clip(scaler.transform(X_te), -8, 8)
+    if config.data != "digits":
+        scaler = StandardScaler().fit(X_tr[: config.first_slice])
+        X_tr, X_te = np.clip(scaler.transform(X_tr), -8, 8), np.clip(scaler.transform(X_te), -8, 8)
     k, h = config.first_slice, config.holdout
     chunks = np.array_split(np.arange(k + h, len(y_tr)), config.rounds)
     return DemoData((X_te, y_te), (X_tr[k:k + h], y_tr[k:k + h]), (X_tr[:k], y_tr[:k]),
@@ -134,6 +148,49 @@ def accuracy(w: np.ndarray, b: float, data: tuple[np.ndarray, np.ndarray]) -> fl
     return float(np.mean((X @ w + b > 0) == (y > 0.5)))
 
 
+class _Kind:
+    """The demo's model, binary (``PlainModel``) or multinomial (``PlainNetwork``), at home."""
+
+    def __init__(self, config: DemoConfig, d: int) -> None:
+        self.k, self.d = config.n_classes, d
+
+    def start(self) -> Any:
+        if self.k == 2:
+            return PlainModel(np.zeros(self.d))
+        return initial_network("softmax", self.d, self.k)
+
+    def refine(self, model: Any, data: tuple[np.ndarray, np.ndarray], cfg: RefineConfig) -> Any:
+        if self.k == 2:
+            return plain_refine(model, [data], cfg)
+        return plain_network_refine(model, [data], cfg)
+
+    def without_momentum(self, model: Any) -> Any:
+        """What the owner uploads: weights only (the service starts without a velocity)."""
+        if self.k == 2:
+            return PlainModel(model.coef, model.intercept)
+        return PlainNetwork(model.kind, dict(model.weights), model.activation)
+
+    def encrypt(self, key: SecretContext, model: Any) -> bytes:
+        if self.k == 2:
+            return encrypt_model(key, model.coef, model.intercept).to_bytes(key)
+        return encrypt_network(key, model).to_bytes(key)
+
+    def decrypt(self, key: SecretContext, blob: bytes) -> Any:
+        if self.k == 2:
+            return PlainModel(*decrypt_model(key, EncryptedModel.from_bytes(key, blob)))
+        return decrypt_network(key, EncryptedNetwork.from_bytes(key, blob))
+
+    def accuracy(self, model: Any, data: tuple[np.ndarray, np.ndarray]) -> float:
+        if self.k == 2:
+            return accuracy(model.coef, model.intercept, data)
+        return float(np.mean(model.scores(data[0]).argmax(axis=1) == data[1]))
+
+    def gap(self, a: Any, b: Any) -> float:
+        if self.k == 2:
+            return float(np.max(np.abs(a.coef - b.coef)))
+        return max(float(np.abs(a.weights[n] - w).max()) for n, w in b.weights.items())
+
+
 def _wait_for_round(owner: ServiceClient, model_id: str, done_before: int, timeout: float
                     ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -166,6 +223,8 @@ def run(config: DemoConfig, workdir: Path, *,
     data = split(config)
     params = preset(config.params)
     d = data.first[0].shape[1]
+    kind = _Kind(config, d)
+    k = config.n_classes
     cfg = RefineConfig(learning_rate=config.learning_rate, momentum=config.momentum,
                        batch_size=config.batch_size, epochs=config.epochs_per_round)
     admin = secrets.token_urlsafe(24)
@@ -180,7 +239,7 @@ def run(config: DemoConfig, workdir: Path, *,
         key = SecretContext.generate(params, rotations_for_features(d, params.slots))
         owner = ServiceClient(url, owner_token)
         ctx = owner.register_context(key.public_context().serialize())
-        holdout = encrypt_batches(key, *data.holdout)  # pinned: releases only about these
+        holdout = encrypt_batches(key, *data.holdout, n_classes=k)  # pinned: releases only these
         verified = provision(owner, key, simulated_policy(workdir / "enclave"),
                              policy={"holdouts": [holdout_pin(*holdout)]})
         if on_attested is not None:
@@ -189,9 +248,9 @@ def run(config: DemoConfig, workdir: Path, *,
                   "epochs": cfg.epochs, "learning_rate": cfg.learning_rate,
                   "momentum": cfg.momentum, "batch_size": cfg.batch_size,
                   "release_metric": True}
-        model_id = owner.create_model("breast-cancer", ctx["id"], d, policy)["id"]
-        first = plain_refine(PlainModel(np.zeros(d)), [data.first], cfg)
-        owner.upload_version(model_id, encrypt_model(key, first.coef, first.intercept).to_bytes(key))
+        model_id = owner.create_model(config.data.replace("_", "-"), ctx["id"], d, policy)["id"]
+        first = kind.refine(kind.start(), data.first, cfg)
+        owner.upload_version(model_id, kind.encrypt(key, first))
         owner.upload_samples(model_id, encode_samples(*holdout), holdout=True)
         device_token = owner.create_token("contributor", "bedside device")["token"]
         say(f"owner set up model {model_id} and went offline (policy: refine every "
@@ -211,7 +270,7 @@ def run(config: DemoConfig, workdir: Path, *,
                 encrypted += k
                 report("encrypting", encrypted, n_cts)
 
-            device.upload_samples(model_id, upload_body(public, X, y, progress=tick))
+            device.upload_samples(model_id, upload_body(public, X, y, progress=tick, n_classes=k))
             seen += len(y)
             t0 = time.perf_counter()
             rnd = _wait_for_round(owner, model_id, r - 1, config.round_timeout_s)
@@ -223,25 +282,24 @@ def run(config: DemoConfig, workdir: Path, *,
 
         # -- the owner comes back: pull every version, decrypt, compare ---------------
         versions = sorted(owner.versions(model_id), key=lambda v: v["number"])
-        plain = PlainModel(first.coef, first.intercept)
+        plain = kind.without_momentum(first)
         results = [RoundResult(0, len(data.first[1]), "uploaded", None,
-                               accuracy(first.coef, first.intercept, data.test),
-                               accuracy(first.coef, first.intercept, data.test), 0.0, 0.0)]
+                               kind.accuracy(first, data.test), kind.accuracy(first, data.test),
+                               0.0, 0.0)]
         if on_round is not None:
             on_round(results[0])
-        current = (first.coef, first.intercept)
+        current = first
         round_versions = [v for v in versions if v["round_id"]]
         for r, (v, (X, y), (n_seen, secs)) in enumerate(
                 zip(round_versions, data.rounds, timings, strict=True), start=1):
-            candidate = plain_refine(plain, [(X, y)], cfg)
-            blob = owner.version_blob(model_id, v["id"])
-            w, b = decrypt_model(key, EncryptedModel.from_bytes(key, blob))
+            candidate = kind.refine(plain, (X, y), cfg)
+            decrypted = kind.decrypt(key, owner.version_blob(model_id, v["id"]))
             if v["decision"] == "promote":
-                plain, current = candidate, (w, b)
+                plain, current = candidate, decrypted
             metric = (v["metrics"] or {}).get("candidate")
-            res = RoundResult(r, n_seen, v["decision"], metric, accuracy(*current, data.test),
-                              accuracy(plain.coef, plain.intercept, data.test),
-                              float(np.max(np.abs(w - candidate.coef))), secs)
+            res = RoundResult(r, n_seen, v["decision"], metric, kind.accuracy(current, data.test),
+                              kind.accuracy(plain, data.test), kind.gap(decrypted, candidate),
+                              secs)
             results.append(res)
             if on_round is not None:
                 on_round(res)
@@ -249,7 +307,7 @@ def run(config: DemoConfig, workdir: Path, *,
     return results
 
 
-def plot(results: list[RoundResult], path: Path) -> Path:
+def plot(results: list[RoundResult], path: Path, title: str = "breast cancer") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,7 +339,7 @@ def plot(results: list[RoundResult], path: Path) -> Path:
     ax.set_xticks(rounds)
     ax.set_xlabel("refinement round (0 = owner's initial model)")
     ax.set_ylabel("test accuracy of the current model")
-    ax.set_title("cipherloop: autonomous encrypted refinement (breast cancer)")
+    ax.set_title(f"cipherloop: autonomous encrypted refinement ({title})")
     ax.set_ylim(max(0.0, min(enc + plain) - 0.05), 1.005)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

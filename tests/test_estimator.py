@@ -64,8 +64,8 @@ def test_unfitted_and_bad_parameters() -> None:
     with pytest.raises(ValueError) as info:
         bad.fit(np.zeros((4, 2)), [0, 1, 0, 1])
     assert isinstance(info.value, TypeError)  # sklearn's InvalidParameterError is both
-    with pytest.raises(ValueError, match="Only binary classification"):
-        EncryptedLogisticRegression(max_iter=1).fit(np.zeros((3, 2)), [0, 1, 2])
+    with pytest.raises(ValueError, match="Unknown label type"):
+        EncryptedLogisticRegression(max_iter=1).fit(np.zeros((3, 2)), [0.5, 1.5, 2.25])
     with pytest.raises(ValueError, match="1 class"):
         EncryptedLogisticRegression(max_iter=1).fit(np.zeros((3, 2)), [1, 1, 1])
 

@@ -70,7 +70,7 @@ def test_owner_cli_over_http(service: tuple[str, str, Path], tmp_path: Path) -> 
     with ServiceClient(url, owner_token) as owner:  # the round is triggered by the upload alone
         deadline = time.monotonic() + 120
         while not any(r["state"] == "done" for r in owner.rounds(model_id)):
-            assert time.monotonic() < deadline, owner.rounds(model_id)
+            assert time.monotonic() < deadline, str(owner.rounds(model_id))
             time.sleep(0.5)
 
     status = _cli("status", env=env)
@@ -99,3 +99,74 @@ def test_demo_runs_through_the_service(tmp_path: Path) -> None:
         assert r.max_weight_gap < 1e-2
         assert abs(r.encrypted_accuracy - r.plaintext_accuracy) <= 0.01
     assert demo_mod.plot(results, tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def _xy3(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 4))
+    z = X @ np.array([[1.5, -1.0, 0.0], [0.0, 1.0, -1.0], [0.5, 0.0, 1.0], [0.0, 0.5, 0.5]])
+    return X, z.argmax(axis=1).astype(float)
+
+
+def test_owner_cli_over_http_with_a_multiclass_mlp(service: tuple[str, str, Path],
+                                                    tmp_path: Path) -> None:
+    """init --model mlp --classes 3: uploads trigger a round, the enclave judges it on the
+    pinned hold-out set, pull decrypts both layers, predict returns 3 columns."""
+    url, admin, data_dir = service
+    with ServiceClient(url, admin) as operator:
+        owner_token = operator.create_tenant("cli-mlp")["owner_token"]
+    env = {"CIPHERLOOP_SERVER": url, "CIPHERLOOP_TOKEN": owner_token,
+           "CIPHERLOOP_KEY": str(tmp_path / "owner.key")}
+    assert _cli("keygen", "--features", "4", env=env).returncode == 0
+    X_hold, y_hold = _xy3(80, 1)
+    np.savetxt(tmp_path / "holdout.csv", np.column_stack([X_hold, y_hold]), delimiter=",")
+    root = data_dir / "enclave" / "platform" / "sim-root.crt.pem"
+    init = _cli("init", "--features", "4", "--model", "mlp", "--classes", "3", "--hidden", "4",
+                "--activation", "tanh", "--trigger-samples", "100", "--epochs", "2",
+                "--lr", "0.5", "--holdout", str(tmp_path / "holdout.csv"), "--allow-simulated",
+                "--sim-root", str(root), env=env)
+    assert init.returncode == 0, init.stderr
+    model_id = init.stdout.split("CIPHERLOOP_MODEL=")[1].split()[0]
+    env["CIPHERLOOP_MODEL"] = model_id
+
+    with ServiceClient(url, owner_token) as owner:
+        device_token = owner.create_token("contributor", "device")["token"]
+    X, y = _xy3(120, 2)
+    np.savez(tmp_path / "new.npz", X=X, y=y)
+    up = _cli("upload", str(tmp_path / "new.npz"), env={**env, "CIPHERLOOP_TOKEN": device_token,
+                                                          "CIPHERLOOP_KEY": ""})
+    assert up.returncode == 0, up.stderr
+    with ServiceClient(url, owner_token) as owner:
+        deadline = time.monotonic() + 300
+        while not any(r["state"] == "done" for r in owner.rounds(model_id)):
+            assert time.monotonic() < deadline, owner.rounds(model_id)
+            time.sleep(0.5)
+        done = next(r for r in owner.rounds(model_id) if r["state"] == "done")
+    assert done["decision"] in ("promote", "keep") and "hold-out" in done["reason"]
+
+    pulled = _cli("pull", "--out", str(tmp_path / "model.npz"), env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    model = np.load(tmp_path / "model.npz")
+    assert model["coef1"].shape == (4, 4) and model["coef2"].shape == (4, 3)
+    np.save(tmp_path / "X.npy", X[:10])
+    pred = _cli("predict", str(tmp_path / "X.npy"), "--out", str(tmp_path / "p.csv"), env=env)
+    assert pred.returncode == 0, pred.stderr
+    p = np.loadtxt(tmp_path / "p.csv", delimiter=",")
+    a = np.tanh(X[:10] @ model["coef1"] + model["intercept1"])
+    z = a @ model["coef2"] + model["intercept2"]
+    expected = np.exp(z - z.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert p.shape == (10, 3) and np.abs(p - expected).max() < 1e-3
+
+
+def test_demo_on_digits_runs_a_multiclass_model_through_the_service(tmp_path: Path) -> None:
+    config = demo_mod.DemoConfig(rounds=2, epochs_per_round=1, data="digits", first_slice=100,
+                                 holdout=120)
+    results = demo_mod.run(config, tmp_path / "svc")
+    assert [r.round for r in results] == [0, 1, 2]
+    for r in results[1:]:
+        assert r.decision in ("promote", "keep")
+        assert r.max_weight_gap < 1e-2
+        assert abs(r.encrypted_accuracy - r.plaintext_accuracy) <= 0.01
+    assert results[-1].encrypted_accuracy > 0.6
+    assert demo_mod.plot(results, tmp_path / "plot.png", "digits").stat().st_size > 10_000

@@ -5,5 +5,7 @@ Runs in: owner.
 
 from .data import decrypt_model, encrypt_dataset, encrypt_model
 from .estimator import EncryptedLogisticRegression
+from .mlp import EncryptedMLPClassifier
 
-__all__ = ["EncryptedLogisticRegression", "decrypt_model", "encrypt_dataset", "encrypt_model"]
+__all__ = ["EncryptedLogisticRegression", "EncryptedMLPClassifier", "decrypt_model",
+           "encrypt_dataset", "encrypt_model"]

@@ -34,7 +34,7 @@ from ..learn.wire import encode_samples
 Progress = Callable[[int], None]
 
 
-def _as_xy(X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
+def _as_xy(X: object, y: object, n_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     Xa = np.asarray(X, dtype=np.float64)
     ya = np.asarray(y, dtype=np.float64).ravel()
     if Xa.ndim != 2:
@@ -43,8 +43,10 @@ def _as_xy(X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
         raise ShapeError(f"X has {Xa.shape[0]} samples but y has {ya.shape[0]}")
     if not (np.all(np.isfinite(Xa)) and np.all(np.isfinite(ya))):
         raise ShapeError("X and y must be finite")
-    if not np.all((ya == 0) | (ya == 1)):
+    if n_classes == 2 and not np.all((ya == 0) | (ya == 1)):
         raise ShapeError("y must hold binary labels 0/1")
+    if not np.all((ya == np.rint(ya)) & (ya >= 0) & (ya < n_classes)):
+        raise ShapeError(f"y must hold class indices 0..{n_classes - 1}")
     return Xa, ya
 
 
@@ -136,16 +138,18 @@ def _seal_blocks(context: _ContextBase, X: np.ndarray, y: np.ndarray | None, lay
 
 def encrypt_batches(context: _ContextBase, X: object, y: object, *,
                     progress: Progress | None = None, n_jobs: int | None = None,
-                    ) -> tuple[CiphertextBatch, CiphertextBatch]:
+                    n_classes: int = 2) -> tuple[CiphertextBatch, CiphertextBatch]:
     """Pack ``X`` in giant-step diagonals and ``y`` in sample blocks; encrypt to wire batches.
 
     With the owner's secret context the ciphertexts are seeded (half the
     bytes); a contributor's public context encrypts with the public key.
     Labels are encrypted at level 0: only the enclave ever reads them, so they
-    need no multiplicative depth and travel at a fraction of the size.
-    ``n_jobs`` processes encrypt blocks in parallel (``-1``: every core).
+    need no multiplicative depth and travel at a fraction of the size. With
+    ``n_classes > 2`` labels are class indices ``0..n_classes-1`` (one value
+    per sample, whatever ``K``; the enclave one-hots them). ``n_jobs``
+    processes encrypt blocks in parallel (``-1``: every core).
     """
-    Xa, ya = _as_xy(X, y)
+    Xa, ya = _as_xy(X, y, n_classes)
     layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots)
     blocks = _seal_blocks(context, Xa, ya, layout, n_jobs=n_jobs, store=None, progress=progress)
     ident = (context.params.digest(), context.key_id)
@@ -157,14 +161,14 @@ def encrypt_batches(context: _ContextBase, X: object, y: object, *,
 
 def encrypt_to_store(context: _ContextBase, X: object, y: object, store: BlobStore, *,
                      progress: Progress | None = None, n_jobs: int | None = None,
-                     ) -> StreamedDataset:
+                     n_classes: int = 2) -> StreamedDataset:
     """Encrypt ``(X, y)`` straight into per-block blobs; the data set streams from ``store``.
 
     The pool's processes write their blocks themselves, so the caller never
     holds more than a block's plaintext per process: the way to encrypt a data
     set larger than memory for the estimator or a Ray engine.
     """
-    Xa, ya = _as_xy(X, y)
+    Xa, ya = _as_xy(X, y, n_classes)
     layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots)
     blocks = _seal_blocks(context, Xa, ya, layout, n_jobs=n_jobs, store=store, progress=progress)
     manifest = write_manifest(context, store, layout, context.params.top_level,
@@ -174,16 +178,19 @@ def encrypt_to_store(context: _ContextBase, X: object, y: object, store: BlobSto
 
 def encrypt_dataset(context: _ContextBase, X: object, y: object, *,
                     progress: Progress | None = None, n_jobs: int | None = None,
-                    ) -> EncryptedDataset:
+                    n_classes: int = 2) -> EncryptedDataset:
     """:func:`encrypt_batches`, loaded as the host would load them."""
-    features, labels = encrypt_batches(context, X, y, progress=progress, n_jobs=n_jobs)
+    features, labels = encrypt_batches(context, X, y, progress=progress, n_jobs=n_jobs,
+                                       n_classes=n_classes)
     return EncryptedDataset.from_batches(context, features, labels)
 
 
 def upload_body(context: _ContextBase, X: object, y: object, *,
-                progress: Progress | None = None, n_jobs: int | None = None) -> bytes:
+                progress: Progress | None = None, n_jobs: int | None = None,
+                n_classes: int = 2) -> bytes:
     """The body of a sample upload to the service."""
-    return encode_samples(*encrypt_batches(context, X, y, progress=progress, n_jobs=n_jobs))
+    return encode_samples(*encrypt_batches(context, X, y, progress=progress, n_jobs=n_jobs,
+                                           n_classes=n_classes))
 
 
 def encrypt_features(context: _ContextBase, X: object, *, n_jobs: int | None = None
@@ -199,13 +206,19 @@ def encrypt_features(context: _ContextBase, X: object, *, n_jobs: int | None = N
 
 
 def decrypt_scores(context: SecretContext, scores: bytes) -> np.ndarray:
-    """The owner reads encrypted inference results (logits, one per sample)."""
+    """The owner reads encrypted inference results: logits, one per sample (binary model),
+    or an ``(n_samples, n_classes)`` array (the blocks of each class in turn)."""
     batch = CiphertextBatch.from_bytes(scores)
     layout = from_description(batch.layout)
     if not isinstance(layout, SampleBlocks):
         raise ShapeError("scores must be sample blocks")
-    cts = batch.open(context, count=layout.n_blocks)
-    return layout.unpack([context.decrypt(c) for c in cts])
+    n_classes, rest = divmod(len(batch.items), layout.n_blocks)
+    if rest or n_classes < 1:
+        raise ShapeError("scores must hold whole sets of sample blocks")
+    cts = batch.open(context)
+    cols = [layout.unpack([context.decrypt(c) for c in cts[k * layout.n_blocks:(k + 1) * layout.n_blocks]])
+            for k in range(n_classes)]
+    return cols[0] if n_classes == 1 else np.stack(cols, axis=1)
 
 
 def dataset_size(n_samples: int, n_features: int, slots: int) -> int:

@@ -29,12 +29,99 @@ from ..learn import EnclaveClient, EnclaveProcess, RefineConfig, RefineStats, re
 from ..learn.dataset import Dataset
 from ..learn.engine import Engine
 from ..learn.model import EncryptedModel
+from ..learn.network import EncryptedNetwork
 from .data import decrypt_model, encrypt_dataset, encrypt_model, encrypt_to_store
+from .network import decrypt_network, encrypt_network, initial_network
 from .provisioning import provision, simulated_policy
 
 
-class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
-    """Binary logistic regression trained on CKKS-encrypted data with an enclave's help.
+class EnclaveSessionMixin:
+    """Keys and the enclave an owner-side estimator trains against (shared by every model kind).
+
+    Expects ``params`` (a CKKS preset name) and ``enclave`` (a socket path or
+    ``None``) as estimator parameters.
+    """
+
+    params: str
+    enclave: str | None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for private in ("_process", "_client", "_key", "_finalizer", "_engine", "_engine_closer",
+                        "_store", "_store_closer"):
+            state.pop(private, None)
+        state.pop("model_", None)
+        return state
+
+    # -- enclave and keys ------------------------------------------------------
+    def _session(self, n_features: int) -> tuple[SecretContext, EnclaveClient]:
+        key: SecretContext | None = getattr(self, "_key", None)
+        if key is None or key.params != preset(self.params):
+            key = SecretContext.generate(preset(self.params),
+                                         rotations_for_features(n_features, preset(self.params).slots))
+            self._key = key
+            self._provisioned = False
+        client: EnclaveClient | None = getattr(self, "_client", None)
+        process: EnclaveProcess | None = getattr(self, "_process", None)
+        if client is None:
+            if self.enclave is None:
+                process = EnclaveProcess().start()
+                self._process = process
+                self._finalizer = weakref.finalize(self, process.stop)
+                client = process.client
+            else:
+                client = EnclaveClient(self.enclave)
+            self._client = client
+            self._provisioned = False
+        if not getattr(self, "_provisioned", False):
+            state_dir = process.state_dir if process is not None else Path(str(self.enclave)).parent
+            provision(client, key, simulated_policy(state_dir), quiet_simulation=True)
+            self._provisioned = True
+        return key, client
+
+    def _compute(self, key: SecretContext, X: np.ndarray, y: np.ndarray, *, n_classes: int = 2
+                 ) -> tuple[Dataset, Engine | None]:
+        """Encrypt ``(X, y)`` where the engine reads it: in memory, or a store Ray workers share.
+
+        Reads the estimator parameters ``engine``, ``ray_address`` and ``n_jobs``
+        where the estimator has them (local and one process otherwise).
+        """
+        jobs = getattr(self, "n_jobs", None)
+        n_jobs = None if jobs is None else int(jobs)
+        if getattr(self, "engine", "local") == "local":
+            return encrypt_dataset(key, X, y, n_jobs=n_jobs, n_classes=n_classes), None
+        from ..learn.ray_engine import RayEngine  # the optional extra, only when asked
+
+        store: BlobStore | None = getattr(self, "_store", None)
+        engine: RayEngine | None = getattr(self, "_engine", None)
+        if store is None:
+            root = tempfile.mkdtemp(prefix="cipherloop-blocks-")
+            store = self._store = BlobStore(Path(root))
+            self._store_closer = weakref.finalize(self, shutil.rmtree, root, True)
+        if engine is None:
+            engine = self._engine = RayEngine(address=getattr(self, "ray_address", None)).connect()
+            self._engine_closer = weakref.finalize(self, engine.close)
+        return encrypt_to_store(key, X, y, store, n_jobs=n_jobs, n_classes=n_classes), engine
+
+    def close(self) -> None:
+        """Stop the private enclave process and Ray workers; remove the private block store."""
+        for name in ("_finalizer", "_engine_closer", "_store_closer"):
+            finalizer = getattr(self, name, None)
+            if finalizer is not None:
+                finalizer()
+        for private in ("_process", "_client", "_finalizer", "_engine", "_engine_closer", "_store",
+                        "_store_closer"):
+            self.__dict__.pop(private, None)
+
+
+class EncryptedLogisticRegression(EnclaveSessionMixin, ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """Logistic regression (binary, or multinomial over K classes) trained on CKKS-encrypted data
+    with an enclave's help.
+
+    Two classes train the binary model (one weight vector, sigmoid), like
+    scikit-learn's ``LogisticRegression``; three or more train multinomial
+    logistic regression (one weight vector per class, softmax computed
+    exactly in the enclave).
 
     Parameters
     ----------
@@ -68,14 +155,14 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
 
     Attributes
     ----------
-    coef_ : ndarray of shape (1, n_features)
-    intercept_ : ndarray of shape (1,)
-    classes_ : ndarray of shape (2,)
+    coef_ : ndarray of shape (1, n_features) or (n_classes, n_features)
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    classes_ : ndarray of shape (n_classes,)
     n_features_in_ : int
     n_iter_ : int
         Epochs run so far.
-    model_ : EncryptedModel
-        The encrypted model as the cloud holds it.
+    model_ : EncryptedModel or EncryptedNetwork
+        The encrypted model as the cloud holds it (binary, or softmax).
     stats_ : RefineStats
         Cost of the last call (steps, refreshes, enclave time, operation counts).
 
@@ -120,75 +207,15 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
+        tags.classifier_tags.multi_class = True
         return tags
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        for private in ("_process", "_client", "_key", "_finalizer", "_engine", "_engine_closer",
-                        "_store", "_store_closer"):
-            state.pop(private, None)
-        state.pop("model_", None)
-        return state
-
-    # -- enclave and keys ------------------------------------------------------
-    def _session(self, n_features: int) -> tuple[SecretContext, EnclaveClient]:
-        key: SecretContext | None = getattr(self, "_key", None)
-        if key is None or key.params != preset(self.params):
-            key = SecretContext.generate(preset(self.params),
-                                         rotations_for_features(n_features, preset(self.params).slots))
-            self._key = key
-            self._provisioned = False
-        client: EnclaveClient | None = getattr(self, "_client", None)
-        process: EnclaveProcess | None = getattr(self, "_process", None)
-        if client is None:
-            if self.enclave is None:
-                process = EnclaveProcess().start()
-                self._process = process
-                self._finalizer = weakref.finalize(self, process.stop)
-                client = process.client
-            else:
-                client = EnclaveClient(self.enclave)
-            self._client = client
-            self._provisioned = False
-        if not getattr(self, "_provisioned", False):
-            state_dir = process.state_dir if process is not None else Path(str(self.enclave)).parent
-            provision(client, key, simulated_policy(state_dir), quiet_simulation=True)
-            self._provisioned = True
-        return key, client
-
-    def _compute(self, key: SecretContext, X: np.ndarray, y: np.ndarray
-                 ) -> tuple[Dataset, Engine | None]:
-        """Encrypt ``(X, y)`` where the engine reads it: in memory, or a store Ray workers share."""
-        n_jobs = None if self.n_jobs is None else int(self.n_jobs)
-        if self.engine == "local":
-            return encrypt_dataset(key, X, y, n_jobs=n_jobs), None
-        from ..learn.ray_engine import RayEngine  # the optional extra, only when asked
-
-        store: BlobStore | None = getattr(self, "_store", None)
-        engine: RayEngine | None = getattr(self, "_engine", None)
-        if store is None:
-            root = tempfile.mkdtemp(prefix="cipherloop-blocks-")
-            store = self._store = BlobStore(Path(root))
-            self._store_closer = weakref.finalize(self, shutil.rmtree, root, True)
-        if engine is None:
-            engine = self._engine = RayEngine(address=self.ray_address).connect()
-            self._engine_closer = weakref.finalize(self, engine.close)
-        return encrypt_to_store(key, X, y, store, n_jobs=n_jobs), engine
-
-    def close(self) -> None:
-        """Stop the private enclave process and Ray workers; remove the private block store."""
-        for name in ("_finalizer", "_engine_closer", "_store_closer"):
-            finalizer = getattr(self, name, None)
-            if finalizer is not None:
-                finalizer()
-        for private in ("_process", "_client", "_finalizer", "_engine", "_engine_closer", "_store",
-                        "_store_closer"):
-            self.__dict__.pop(private, None)
 
     # -- fitting -----------------------------------------------------------------
     def _encode_labels(self, y: np.ndarray) -> np.ndarray:
-        return np.asarray(y == self.classes_[1], dtype=np.float64)
+        """Binary: 1.0 for the second class; multiclass: the class index."""
+        if len(self.classes_) == 2:
+            return np.asarray(y == self.classes_[1], dtype=np.float64)
+        return np.searchsorted(self.classes_, y).astype(np.float64)
 
     def _partial_fit(self, X: Any, y: Any, *, epochs: int, reset: bool,
                      classes: Any = None) -> EncryptedLogisticRegression:
@@ -197,29 +224,37 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
         if first:
             labels = unique_labels(y) if classes is None else np.asarray(classes)
             y_type = type_of_target(y, input_name="y", raise_unknown=True)
-            if y_type not in ("binary", "unknown") and len(labels) > 2:
-                raise ValueError("Only binary classification is supported. The type of the "
-                                 f"target is {y_type}.")
-            if len(labels) != 2:
-                raise ValueError(f"EncryptedLogisticRegression needs 2 classes; got {len(labels)} "
-                                 f"class{'es' if len(labels) != 1 else ''}")
+            if y_type not in ("binary", "multiclass", "unknown"):
+                raise ValueError(f"Unknown label type: {y_type}")
+            if len(labels) < 2:
+                raise ValueError(f"EncryptedLogisticRegression needs at least 2 classes; got "
+                                 f"{len(labels)} class")
             self.classes_ = labels
             self.n_iter_ = 0
         elif not np.isin(unique_labels(y), self.classes_).all():
             raise ValueError("y holds classes not seen in the first call")
         key, client = self._session(X.shape[1])
+        k = len(self.classes_)
         if first:
             intercept = 0.0 if self.fit_intercept else None
-            self.model_: EncryptedModel = encrypt_model(key, np.zeros(X.shape[1]), intercept)
-        data, engine = self._compute(key, X, self._encode_labels(y))
+            self.model_: EncryptedModel | EncryptedNetwork = (
+                encrypt_model(key, np.zeros(X.shape[1]), intercept) if k == 2 else
+                encrypt_network(key, initial_network("softmax", X.shape[1], k,
+                                                     fit_intercept=self.fit_intercept)))
+        data, engine = self._compute(key, X, self._encode_labels(y), n_classes=k)
         config = RefineConfig(learning_rate=float(self.learning_rate), momentum=float(self.momentum),
                               batch_size=self.batch_size, epochs=epochs)
         self.model_, stats = refine(self.model_, [data], config, context=key, enclave=client,
                                     engine=engine)
         self.stats_: RefineStats = stats
-        coef, b = decrypt_model(key, self.model_)
-        self.coef_ = coef.reshape(1, -1)
-        self.intercept_ = np.array([b])
+        if isinstance(self.model_, EncryptedNetwork):
+            w = decrypt_network(key, self.model_).weights
+            self.coef_ = w["coef"].T
+            self.intercept_ = w["intercept"] if "intercept" in w else np.zeros(k)
+        else:
+            coef, b = decrypt_model(key, self.model_)
+            self.coef_ = coef.reshape(1, -1)
+            self.intercept_ = np.array([b])
         self.n_iter_ += epochs
         return self
 
@@ -237,13 +272,26 @@ class EncryptedLogisticRegression(ClassifierMixin, BaseEstimator):  # type: igno
     def decision_function(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
+        if len(self.classes_) > 2:
+            return np.asarray(X @ self.coef_.T + self.intercept_)
         scores: np.ndarray = X @ self.coef_[0] + self.intercept_[0]
         return scores
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-np.clip(self.decision_function(X), -500, 500)))
+        z = self.decision_function(X)
+        if z.ndim == 2:
+            return softmax(z)
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X: Any) -> np.ndarray:
         scores = self.decision_function(X)
+        if scores.ndim == 2:
+            return np.asarray(self.classes_[scores.argmax(axis=1)])
         return np.asarray(self.classes_[(scores > 0).astype(int)])
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (probabilities of K classes from their logits)."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(e / e.sum(axis=1, keepdims=True))

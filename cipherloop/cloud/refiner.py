@@ -24,15 +24,18 @@ from ..errors import EnclaveUnavailable, PolicyViolation, ShapeError
 from ..learn import (
     EnclaveClient,
     EncryptedModel,
+    EncryptedNetwork,
     LevelPlanner,
     RefineConfig,
     RefineStats,
     compare,
     kernels,
+    network_scores,
     refine,
 )
 from ..learn.dataset import StreamedDataset
 from ..learn.engine import Engine, LocalEngine
+from ..learn.network import is_network
 from .db import Decision
 from .wire import check_features
 
@@ -169,7 +172,10 @@ class LearnRefiner:
             raise EnclaveUnavailable("this service runs without an enclave")
         return self._enclave
 
-    def _model(self, context: PublicContext, model: bytes) -> EncryptedModel:
+    def _model(self, context: PublicContext, model: bytes) -> EncryptedModel | EncryptedNetwork:
+        """A binary model, or a softmax/MLP network (told apart by their wire format)."""
+        if is_network(model):
+            return EncryptedNetwork.from_bytes(context, model, max_bytes=len(model))
         return EncryptedModel.from_bytes(context, model, max_bytes=len(model))
 
     def check_model(self, context: PublicContext, model: bytes, *, n_features: int) -> None:
@@ -222,6 +228,11 @@ class LearnRefiner:
                 features: CiphertextBatch) -> CiphertextBatch:
         m = self._model(context, model)
         layout = check_features(context, features, n_features=m.n_features)
+        if isinstance(m, EncryptedNetwork):  # K logits per sample, the blocks of each class in turn
+            z_k = network_scores(m, features.open(context), layout, context=context,
+                                 enclave=self._enclave)
+            return CiphertextBatch.of(context, [c for z in z_k for c in z],
+                                      layout.samples.describe())
         if LevelPlanner(0.0).needs_refresh(m):
             m = self._refresh(context, m)
         cts = features.open(context)

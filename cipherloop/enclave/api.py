@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -57,6 +58,9 @@ MAX_BATCHES = 64
 #: Decrypted model and sample values are clipped to ``[-VALUE_BOUND, VALUE_BOUND]``;
 #: at the top level and nominal scale that leaves > 60 bits of modulus headroom.
 VALUE_BOUND = float(2**20)
+#: Most vectors one model part may hold (classes or hidden units).
+_MAX_UNITS = 1024
+_ACTIVATIONS = ("relu", "tanh", "logistic")
 
 L = TypeVar("L", SampleBlocks, Replicated, Diagonals)
 
@@ -135,25 +139,82 @@ def _check_holdout(entry: KeyEntry, features_raw: bytes, labels_raw: bytes, *, m
     return diag, f, y
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """A model as the enclave scores it: binary (one coef), softmax (``K``) or an MLP."""
+
+    coef: tuple[Ciphertext, ...]
+    intercept: tuple[Ciphertext, ...] | None
+    coef2: tuple[Ciphertext, ...] = ()
+    intercept2: tuple[Ciphertext, ...] | None = None
+    activation: str = ""
+    hidden: Replicated | None = None
+
+    @property
+    def n_classes(self) -> int:
+        """2 for a binary model (one logit), else the number of output vectors."""
+        out = len(self.coef2) if self.activation else len(self.coef)
+        return 2 if out == 1 else out
+
+
+_BINARY_PARTS = {"coef", "intercept"}
+_MLP_PARTS = {"coef1", "intercept1", "coef2", "intercept2", "activation"}
+
+
 def _check_model(entry: KeyEntry, parts: Mapping[str, Any], diag: Diagonals, *, max_bytes: int
-                 ) -> tuple[Ciphertext, Ciphertext | None]:
-    """A logistic model ``{"coef": batch, "intercept": batch?}`` matching the hold-out's width."""
-    if not isinstance(parts, Mapping) or not set(parts) <= {"coef", "intercept"} or \
-            not isinstance(parts.get("coef"), bytes) or \
-            not isinstance(parts.get("intercept", b""), bytes | None):
-        raise BadRequest("a model is a map of 'coef' and optional 'intercept' batches")
+                 ) -> _Scored:
+    """A model matching the hold-out's width, every part validated before anything is decrypted.
+
+    Binary logistic ``{"coef": 1 vector, "intercept"?: 1 scalar}``, multinomial
+    ``{"coef": K vectors, "intercept"?: K scalars}``, or an MLP ``{"coef1": H
+    vectors, "intercept1"?: H scalars, "coef2": K vectors of H values,
+    "intercept2"?: K scalars, "activation": name}``.
+    """
+    if not isinstance(parts, Mapping):
+        raise BadRequest("a model is a map of named batches")
+    keys = set(parts)
+    mlp = "coef1" in keys
+    if not (keys <= (_MLP_PARTS if mlp else _BINARY_PARTS)) or \
+            not all(isinstance(v, bytes) or v is None for k, v in parts.items() if k != "activation"):
+        raise BadRequest("a model is a map of 'coef' and optional 'intercept' batches "
+                         "(or an MLP's 'coef1', 'intercept1', 'coef2', 'intercept2', 'activation')")
     levels, nominal = _all_levels(entry), _nominal(entry)
-    lay, (coef,) = _load(entry, _parse(parts["coef"], max_bytes=max_bytes), Replicated,
-                         levels=levels, scale=nominal)
-    if lay != diag.model:
-        raise ShapeError("the model's width does not match the hold-out set")
-    intercept = None
-    if parts.get("intercept") is not None:
-        blay, (intercept,) = _load(entry, _parse(parts["intercept"], max_bytes=max_bytes),
-                                   Replicated, levels=levels, scale=nominal)
-        if blay != Replicated(1, 1, diag.slots):
-            raise ShapeError("the intercept must be a replicated scalar")
-    return coef, intercept
+    scalar = Replicated(1, 1, diag.slots)
+
+    def vectors(name: str, layout: Replicated | None) -> tuple[Replicated, tuple[Ciphertext, ...]]:
+        raw = parts.get(name)
+        if not isinstance(raw, bytes):
+            raise BadRequest(f"the model needs a {name!r} batch")
+        batch = _parse(raw, max_bytes=max_bytes)
+        if not 1 <= len(batch.items) <= _MAX_UNITS:
+            raise ShapeError(f"a model part holds 1 to {_MAX_UNITS} vectors")
+        lay, cts = _load(entry, batch, Replicated, levels=levels, scale=nominal,
+                         count=len(batch.items))
+        if layout is not None and lay != layout:
+            raise ShapeError(f"model part {name!r} does not match the hold-out set's width")
+        return lay, tuple(cts)
+
+    def scalars(name: str, count: int) -> tuple[Ciphertext, ...] | None:
+        if parts.get(name) is None:
+            return None
+        lay, cts = vectors(name, scalar)
+        if len(cts) != count:
+            raise ShapeError(f"{name!r} needs one replicated scalar per vector")
+        return cts
+
+    if not mlp:
+        _, coef = vectors("coef", diag.model)
+        return _Scored(coef, scalars("intercept", len(coef)))
+    activation = parts.get("activation")
+    if activation not in _ACTIVATIONS:
+        raise BadRequest(f"an MLP's activation is one of {_ACTIVATIONS}")
+    _, coef1 = vectors("coef1", diag.model)
+    hidden = Replicated.for_features(len(coef1), diag.slots)
+    _, coef2 = vectors("coef2", hidden)
+    if len(coef2) < 2:
+        raise ShapeError("an MLP has at least two outputs")
+    return _Scored(coef1, scalars("intercept1", len(coef1)), coef2,
+                   scalars("intercept2", len(coef2)), str(activation), hidden)
 
 
 # -------------------------------------------------------------- after decryption
@@ -309,8 +370,49 @@ def _holdout_scores(entry: KeyEntry, X: np.ndarray, diag: Diagonals, coef: Ciphe
     return np.asarray(X @ w + b)
 
 
+def _score(entry: KeyEntry, X: np.ndarray, diag: Diagonals, model: _Scored) -> np.ndarray:
+    """Logits on the decrypted hold-out set: ``(n,)`` for a binary model, ``(n, K)`` otherwise.
+
+    Every layer is plain numpy on clipped decrypted values (see
+    :func:`_holdout_scores`): nothing here can fail on a value.
+    """
+    def column(cts: tuple[Ciphertext, ...], b: tuple[Ciphertext, ...] | None) -> np.ndarray:
+        return np.stack([_holdout_scores(entry, X, diag, w, None if b is None else b[i])
+                         for i, w in enumerate(cts)], axis=1)
+
+    if not model.activation:
+        if len(model.coef) == 1:
+            return _holdout_scores(entry, X, diag, model.coef[0],
+                                   None if model.intercept is None else model.intercept[0])
+        return column(model.coef, model.intercept)
+    clip = entry.policy.clip
+    a = _activation(model.activation, np.clip(column(model.coef, model.intercept), -clip, clip))
+    assert model.hidden is not None
+    w2 = np.stack([model.hidden.unpack(v) for v in
+                   _reveal(entry, list(model.coef2), -VALUE_BOUND, VALUE_BOUND)], axis=1)
+    b2 = 0.0
+    if model.intercept2 is not None:
+        b2 = _reveal(entry, list(model.intercept2), -VALUE_BOUND, VALUE_BOUND).mean(axis=1)
+    return np.asarray(a @ w2 + b2)
+
+
+def _activation(name: str, z: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.asarray(np.maximum(z, 0.0))
+    if name == "tanh":
+        return np.asarray(np.tanh(z))
+    return np.asarray(1.0 / (1.0 + np.exp(-z)))
+
+
 def _metrics(z: np.ndarray, y: np.ndarray, clip: float) -> dict[str, float]:
     zc = np.clip(z, -clip, clip)
+    if zc.ndim == 2:  # K classes: labels are class indices
+        idx = np.rint(y).astype(np.int64)
+        picked = zc[np.arange(len(idx)), idx]
+        top = zc.max(axis=1)
+        lse = top + np.log(np.exp(zc - top[:, None]).sum(axis=1))
+        return {"accuracy": float(np.mean(zc.argmax(axis=1) == idx)),
+                "log_loss": float(np.mean(lse - picked))}
     yb = (y > 0.5).astype(np.float64)
     return {
         "accuracy": float(np.mean((zc > 0) == (yb > 0.5))),
@@ -336,12 +438,12 @@ def evaluate(entry: KeyEntry, model: Mapping[str, Any], features_raw: bytes, lab
     entry.check_open()
     wanted = _wanted(entry, metrics)
     diag, f, y_cts = _check_holdout(entry, features_raw, labels_raw, max_bytes=max_bytes)
-    coef, intercept = _check_model(entry, model, diag, max_bytes=max_bytes)
+    scored = _check_model(entry, model, diag, max_bytes=max_bytes)
     entry.spend(len(wanted))
     with _after_decryption(entry):
         X = diag.unpack(list(_reveal(entry, f, -VALUE_BOUND, VALUE_BOUND)))
-        z = _holdout_scores(entry, X, diag, coef, intercept)
-        y = _reveal(entry, y_cts, 0.0, 1.0).ravel()[: diag.n_samples]
+        z = _score(entry, X, diag, scored)
+        y = _reveal(entry, y_cts, 0.0, scored.n_classes - 1.0).ravel()[: diag.n_samples]
         values = _metrics(z, y, entry.policy.clip)
         return {m: coarse(values[m]) for m in wanted}
 
@@ -360,13 +462,15 @@ def compare(entry: KeyEntry, candidate: Mapping[str, Any], current: Mapping[str,
     diag, f, y_cts = _check_holdout(entry, features_raw, labels_raw, max_bytes=max_bytes)
     cand = _check_model(entry, candidate, diag, max_bytes=max_bytes)
     cur = _check_model(entry, current, diag, max_bytes=max_bytes)
+    if cand.n_classes != cur.n_classes or (len(cand.coef) == 1) != (len(cur.coef) == 1):
+        raise ShapeError("candidate and current models must have the same outputs")
     entry.spend(3 if released else 1)
     clip = entry.policy.clip
     with _after_decryption(entry):
         X = diag.unpack(list(_reveal(entry, f, -VALUE_BOUND, VALUE_BOUND)))
-        y = _reveal(entry, y_cts, 0.0, 1.0).ravel()[: diag.n_samples]
-        a = _metrics(_holdout_scores(entry, X, diag, *cand), y, clip)[metric]
-        b = _metrics(_holdout_scores(entry, X, diag, *cur), y, clip)[metric]
+        y = _reveal(entry, y_cts, 0.0, cand.n_classes - 1.0).ravel()[: diag.n_samples]
+        a = _metrics(_score(entry, X, diag, cand), y, clip)[metric]
+        b = _metrics(_score(entry, X, diag, cur), y, clip)[metric]
         promote = a >= b if metric == "accuracy" else a <= b
         out: dict[str, Any] = {"promote": bool(promote)}
         if released:

@@ -127,19 +127,21 @@ class Policy:
         """Whether this pair of batches is a hold-out set the owner pinned."""
         return (features_digest, labels_digest) in self.holdouts
 
-    def bits_per_day(self, holdout_samples: int) -> float:
+    def bits_per_day(self, holdout_samples: int, n_classes: int = 2) -> float:
         """Upper bound on what a day's releases can carry, in bits (README, "Threat model").
 
         Each released number is one of finitely many values: a decision one of
         two; an accuracy over ``n`` samples one of ``n + 1``; a log-loss rounded
         to :data:`RESOLUTION` on ``[0, clip + log 2]`` one of about
-        ``(clip + log 2) / RESOLUTION``.
+        ``(clip + log 2) / RESOLUTION`` (``[0, 2 clip + log K]`` for ``K > 2``
+        classes, whose logits are each clipped).
         """
         per = 1.0 if self.allow_decision else 0.0
         if "accuracy" in self.release:
             per = max(per, math.log2(holdout_samples + 1))
         if "log_loss" in self.release:
-            per = max(per, math.log2((self.clip + math.log(2)) / RESOLUTION + 1))
+            top = self.clip + math.log(2) if n_classes <= 2 else 2 * self.clip + math.log(n_classes)
+            per = max(per, math.log2(top / RESOLUTION + 1))
         return per * self.max_releases_per_day
 
 

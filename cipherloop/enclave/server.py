@@ -32,7 +32,7 @@ from ..errors import (
     ProvisioningFailed,
     StateDirLocked,
 )
-from . import api, provision
+from . import api, nonlinear, provision
 from .framing import DEFAULT_MAX_FRAME, PROTOCOL, PeerClosed, recv_frame, send_frame
 from .keystore import KeyState, KeyStore
 from .platform import Platform, load_platform
@@ -121,6 +121,9 @@ class Enclave:
             "provision_local": self._provision_local,
             "refresh": self._refresh,
             "logistic_error": self._logistic_error,
+            "softmax_error": self._softmax_error,
+            "mlp_hidden": self._mlp_hidden,
+            "mlp_backward": self._mlp_backward,
             "evaluate": self._evaluate,
             "compare": self._compare,
         }
@@ -233,6 +236,36 @@ class Enclave:
             max_bytes=self.config.max_frame,
         )
         return {"e": e, "e_sum": s}
+
+    def _window(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The fields every per-step operation shares (a block window and its samples)."""
+        return {"features": _arg(args, "features", dict), "first_block": _arg(args, "first_block", int),
+                "start": _arg(args, "start", int), "stop": _arg(args, "stop", int),
+                "max_bytes": self.config.max_frame}
+
+    def _softmax_error(self, args: dict[str, Any]) -> dict[str, Any]:
+        entry = self.keys.get(args.get("key_id"))
+        e, s, d = nonlinear.softmax_error(
+            entry, _bytes_list(args, "z"), _arg(args, "y", bytes), **self._window(args),
+            learning_rate=float(_arg(args, "learning_rate", (int, float))),
+            level=_arg(args, "level", int), intercept=bool(_opt(args, "intercept", bool, False)),
+            transposed=bool(_opt(args, "transposed", bool, False)))
+        return {"e": e, "e_sum": s, "e_diag": d}
+
+    def _mlp_hidden(self, args: dict[str, Any]) -> dict[str, Any]:
+        entry = self.keys.get(args.get("key_id"))
+        a, a_err = nonlinear.mlp_hidden(
+            entry, _bytes_list(args, "z"), **self._window(args),
+            activation_name=_arg(args, "activation", str), n_classes=_arg(args, "n_classes", int))
+        return {"a": a, "a_err": a_err}
+
+    def _mlp_backward(self, args: dict[str, Any]) -> dict[str, Any]:
+        entry = self.keys.get(args.get("key_id"))
+        d, s = nonlinear.mlp_backward(
+            entry, _bytes_list(args, "p"), _bytes_list(args, "z"), **self._window(args),
+            activation_name=_arg(args, "activation", str), level=_arg(args, "level", int),
+            intercept=bool(_opt(args, "intercept", bool, False)))
+        return {"delta": d, "delta_sum": s}
 
     def _evaluate(self, args: dict[str, Any]) -> dict[str, Any]:
         entry = self.keys.get(args.get("key_id"))

@@ -10,22 +10,26 @@ from .logistic import (
     RefineStats,
     compare,
     evaluate,
-    refine,
     refresh_model,
     scores,
 )
+from .loop import refine
+from .mlp import scores as network_scores
 from .model import EncryptedDataset, EncryptedModel
+from .network import EncryptedNetwork
 
 __all__ = [
     "EnclaveClient",
     "EnclaveProcess",
     "EncryptedDataset",
     "EncryptedModel",
+    "EncryptedNetwork",
     "LevelPlanner",
     "RefineConfig",
     "RefineStats",
     "compare",
     "evaluate",
+    "network_scores",
     "refine",
     "refresh_model",
     "scores",

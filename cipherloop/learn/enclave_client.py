@@ -120,20 +120,54 @@ class EnclaveClient:
                       learning_rate=learning_rate, level=level, intercept=intercept)
         return bytes(r["e"]), (bytes(r["e_sum"]) if r.get("e_sum") is not None else None)
 
-    def evaluate(self, key_id: str, *, model: dict[str, bytes], features: bytes, labels: bytes,
+    def softmax_error(self, key_id: str, *, z: Sequence[bytes], y: bytes, features: dict[str, Any],
+                      first_block: int, start: int, stop: int, learning_rate: float, level: int,
+                      intercept: bool, transposed: bool = False
+                      ) -> tuple[list[bytes], bytes | None, bytes | None]:
+        """Softmax errors per class (pre-rotated), their sums, and ``E`` as diagonals if asked."""
+        r = self.call("softmax_error", key_id=key_id, z=list(z), y=y, features=features,
+                      first_block=first_block, start=start, stop=stop,
+                      learning_rate=learning_rate, level=level, intercept=intercept,
+                      transposed=transposed)
+        return ([bytes(b) for b in r["e"]], _maybe(r.get("e_sum")), _maybe(r.get("e_diag")))
+
+    def mlp_hidden(self, key_id: str, *, z: Sequence[bytes], features: dict[str, Any],
+                   first_block: int, start: int, stop: int, activation: str, n_classes: int
+                   ) -> tuple[bytes, list[bytes]]:
+        """Activations as diagonals (next layer's features) and as errors for ``E.T @ A``."""
+        r = self.call("mlp_hidden", key_id=key_id, z=list(z), features=features,
+                      first_block=first_block, start=start, stop=stop, activation=activation,
+                      n_classes=n_classes)
+        return bytes(r["a"]), [bytes(b) for b in r["a_err"]]
+
+    def mlp_backward(self, key_id: str, *, p: Sequence[bytes], z: Sequence[bytes],
+                     features: dict[str, Any], first_block: int, start: int, stop: int,
+                     activation: str, level: int, intercept: bool
+                     ) -> tuple[list[bytes], bytes | None]:
+        """Hidden-layer errors per unit (pre-rotated for ``X.T @ delta``) and their sums."""
+        r = self.call("mlp_backward", key_id=key_id, p=list(p), z=list(z), features=features,
+                      first_block=first_block, start=start, stop=stop, activation=activation,
+                      level=level, intercept=intercept)
+        return [bytes(b) for b in r["delta"]], _maybe(r.get("delta_sum"))
+
+    def evaluate(self, key_id: str, *, model: dict[str, Any], features: bytes, labels: bytes,
                  metrics: Sequence[str] = ("accuracy", "log_loss")) -> dict[str, float]:
         """Metrics of ``model`` on a hold-out set the owner pinned (batches as uploaded)."""
         r = self.call("evaluate", key_id=key_id, model=model, features=features, labels=labels,
                       metrics=list(metrics))
         return {str(k): float(v) for k, v in r.items()}
 
-    def compare(self, key_id: str, *, candidate: dict[str, bytes], current: dict[str, bytes],
+    def compare(self, key_id: str, *, candidate: dict[str, Any], current: dict[str, Any],
                 features: bytes, labels: bytes, metric: str = "log_loss",
                 with_metrics: bool = False) -> dict[str, Any]:
         """Promote or keep ``candidate`` over ``current`` on a pinned hold-out set."""
         return self.call("compare", key_id=key_id, candidate=candidate, current=current,
                          features=features, labels=labels, metric=metric,
                          with_metrics=with_metrics)
+
+
+def _maybe(raw: Any) -> bytes | None:
+    return None if raw is None else bytes(raw)
 
 
 class EnclaveProcess:

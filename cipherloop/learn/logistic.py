@@ -19,15 +19,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from ..ckks import Ciphertext, CiphertextBatch
+from ..ckks import Ciphertext, CiphertextBatch, Replicated
 from ..ckks.context import _ContextBase
-from ..errors import ShapeError
 from .dataset import Dataset
 from .enclave_client import EnclaveClient
 from .engine import Engine, LocalEngine
 from .model import EncryptedDataset, EncryptedModel
+from .network import EncryptedNetwork
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,23 @@ def minibatches(n_samples: int, batch_size: int | None) -> Iterator[tuple[int, i
         yield start, min(start + size, n_samples)
 
 
+#: Parts one refresh call carries (the enclave's ``MAX_BATCHES``).
+REFRESH_BATCHES = 64
+
+
+class Refinable(Protocol):
+    """What the refining loop needs of any model kind: named parts in replicated layouts."""
+
+    def parts(self) -> dict[str, Ciphertext]: ...
+
+    def layout_of(self, part: str) -> Replicated: ...
+
+    def with_parts(self, **parts: Any) -> Any: ...
+
+
+R = TypeVar("R", bound=Refinable)
+
+
 @dataclass(frozen=True)
 class LevelPlanner:
     """Decides when the model must be refreshed: only when the next step would fail.
@@ -83,16 +100,14 @@ class LevelPlanner:
 
     momentum: float
 
-    def lookahead_level(self, model: EncryptedModel) -> int:
+    def lookahead_level(self, model: Refinable) -> int:
         parts = model.parts()
-        levels = [parts["coef"].level]
-        if "intercept" in parts:
-            levels.append(parts["intercept"].level)
+        levels = [ct.level for name, ct in parts.items() if "velocity" not in name]
         if self.momentum:
-            levels += [v.level - 1 for k, v in parts.items() if k.endswith("velocity")]
+            levels += [v.level - 1 for name, v in parts.items() if "velocity" in name]
         return min(levels)
 
-    def needs_refresh(self, model: EncryptedModel) -> bool:
+    def needs_refresh(self, model: Refinable) -> bool:
         return self.lookahead_level(model) < 1
 
 
@@ -119,17 +134,24 @@ class _Session:
             self.stats.enclave_calls += 1
 
 
-def refresh_model(model: EncryptedModel, session: _Session) -> EncryptedModel:
-    """Have the enclave re-encrypt every part of the model at the top level."""
+def refresh_model(model: R, session: _Session) -> R:
+    """Have the enclave re-encrypt every part of the model at the top level.
+
+    One enclave call for up to :data:`REFRESH_BATCHES` parts (a binary model
+    has at most four), more calls for the many vectors of a network.
+    """
     parts = model.parts()
-    raws = [session.batch([ct], model.layout_of(name).describe()) for name, ct in parts.items()]
-    out = session.enclave_call(session.enclave.refresh, session.key_id, raws)
-    fresh = {
-        name: CiphertextBatch.from_bytes(raw).open(session.context, count=1)[0]
-        for name, raw in zip(parts, out, strict=True)
-    }
+    names = list(parts)
+    fresh: dict[str, Ciphertext] = {}
+    for i in range(0, len(names), REFRESH_BATCHES):
+        chunk = names[i:i + REFRESH_BATCHES]
+        raws = [session.batch([parts[n]], model.layout_of(n).describe()) for n in chunk]
+        out = session.enclave_call(session.enclave.refresh, session.key_id, raws)
+        for name, raw in zip(chunk, out, strict=True):
+            fresh[name] = CiphertextBatch.from_bytes(raw).open(session.context, count=1)[0]
     session.stats.refreshes += 1
-    return model.with_parts(**fresh)
+    refreshed: R = model.with_parts(**fresh)
+    return refreshed
 
 
 def _lookahead(model: EncryptedModel, momentum: float) -> tuple[Ciphertext, Ciphertext | None]:
@@ -171,52 +193,6 @@ def _step(model: EncryptedModel, data: Dataset, start: int, stop: int,
     return model.with_parts(**new)
 
 
-def refine(
-    model: EncryptedModel,
-    datasets: Sequence[Dataset],
-    config: RefineConfig,
-    *,
-    context: _ContextBase,
-    enclave: EnclaveClient,
-    engine: Engine | None = None,
-    on_step: Callable[[int, int], None] | None = None,
-) -> tuple[EncryptedModel, RefineStats]:
-    """Run ``config.epochs`` epochs of mini-batch steps over ``datasets``; return the new model.
-
-    Parameters
-    ----------
-    model : the encrypted model to refine (any level; refreshed as needed).
-    datasets : encrypted data sets (in memory, or streamed from a blob store), visited in
-        order, each in ``batch_size`` slices.
-    config : hyperparameters.
-    context : the owner's public context (or secret context, on the owner's side).
-    enclave : client of an enclave provisioned with this context's key.
-    engine : where the kernels run (default: this process; see :mod:`.engine`).
-    on_step : called with ``(steps done, steps total)`` after every step (progress bars).
-    """
-    for data in datasets:
-        if data.n_features != model.n_features or data.layout.model != model.layout:
-            raise ShapeError("data and model disagree on the number of features")
-    stats = RefineStats()
-    session = _Session(context, enclave, stats, engine)
-    planner = LevelPlanner(config.momentum)
-    plan = [(d, s, e) for d in datasets for s, e in minibatches(d.n_samples, config.batch_size)]
-    total = len(plan) * config.epochs
-    backend_counts = context.backend.counts
-    before = Counter(backend_counts)
-    t0 = time.perf_counter()
-    for _ in range(config.epochs):
-        for data, start, stop in plan:
-            if planner.needs_refresh(model):
-                model = refresh_model(model, session)
-            model = _step(model, data, start, stop, config, session)
-            if on_step is not None:
-                on_step(stats.steps, total)
-    stats.seconds = time.perf_counter() - t0
-    stats.ops = backend_counts - before
-    return model, stats
-
-
 def scores(model: EncryptedModel, data: EncryptedDataset, *, context: _ContextBase,
            enclave: EnclaveClient) -> list[Ciphertext]:
     """Encrypted logits ``X @ w + b``, one ciphertext per block (encrypted inference)."""
@@ -227,8 +203,18 @@ def scores(model: EncryptedModel, data: EncryptedDataset, *, context: _ContextBa
     return session.engine.logits(data, model.coef, model.intercept, blocks)
 
 
-def model_parts(model: EncryptedModel, context: _ContextBase) -> dict[str, bytes]:
-    """The weights the enclave scores (coefficients and intercept), as batches."""
+def model_parts(model: EncryptedModel | EncryptedNetwork, context: _ContextBase) -> dict[str, Any]:
+    """The weights the enclave scores (coefficients and intercepts), as batches.
+
+    A network sends its weight groups without momentum (and without the MLP's
+    transposed copy of ``coef2``), and an MLP its activation by name.
+    """
+    if isinstance(model, EncryptedNetwork):
+        wanted = ("coef", "intercept", "coef1", "intercept1", "coef2", "intercept2")
+        out: dict[str, Any] = {k: v for k, v in model.to_batches(context).items() if k in wanted}
+        if model.kind == "mlp":
+            out["activation"] = model.activation
+        return out
     parts = {"coef": CiphertextBatch.of(context, [model.coef], model.layout.describe()).to_bytes()}
     if model.intercept is not None:
         parts["intercept"] = CiphertextBatch.of(
@@ -236,7 +222,7 @@ def model_parts(model: EncryptedModel, context: _ContextBase) -> dict[str, bytes
     return parts
 
 
-def evaluate(model: EncryptedModel, holdout: tuple[CiphertextBatch, CiphertextBatch], *,
+def evaluate(model: EncryptedModel | EncryptedNetwork, holdout: tuple[CiphertextBatch, CiphertextBatch], *,
              context: _ContextBase, enclave: EnclaveClient,
              metrics: Sequence[str] = ("accuracy", "log_loss")) -> dict[str, float]:
     """Coarse metrics of ``model`` on the owner's pinned hold-out set, scored in the enclave.
@@ -250,7 +236,8 @@ def evaluate(model: EncryptedModel, holdout: tuple[CiphertextBatch, CiphertextBa
                             metrics=metrics)
 
 
-def compare(candidate: EncryptedModel, current: EncryptedModel,
+def compare(candidate: EncryptedModel | EncryptedNetwork,
+            current: EncryptedModel | EncryptedNetwork,
             holdout: tuple[CiphertextBatch, CiphertextBatch], *, context: _ContextBase,
             enclave: EnclaveClient, metric: str = "log_loss", with_metrics: bool = False,
             ) -> dict[str, Any]:

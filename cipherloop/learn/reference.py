@@ -52,3 +52,107 @@ def plain_refine(model: PlainModel, datasets: Sequence[tuple[np.ndarray, np.ndar
         for X, y, s, e in plan:
             m = plain_step(m, X[s:e], y[s:e], config.learning_rate, config.momentum, fit_intercept)
     return m
+
+
+# ------------------------------------------------ multinomial LR and the MLP
+VALUE_BOUND = float(2**20)  # the enclave's clip of decrypted products (enclave/api.py)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def _act(name: str, z: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.asarray(np.maximum(z, 0.0))
+    if name == "tanh":
+        return np.asarray(np.tanh(z))
+    return np.asarray(1.0 / (1.0 + np.exp(-z)))
+
+
+def _act_derivative(name: str, z: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return (z > 0).astype(np.float64)
+    if name == "tanh":
+        return np.asarray(1.0 - np.tanh(z) ** 2)
+    s = 1.0 / (1.0 + np.exp(-z))
+    return np.asarray(s * (1.0 - s))
+
+
+@dataclass
+class PlainNetwork:
+    """Plaintext twin of :class:`cipherloop.learn.network.EncryptedNetwork`.
+
+    ``weights`` per group as the encrypted model holds them, as matrices:
+    softmax ``coef`` (d, K) and ``intercept`` (K,); MLP ``coef1`` (d, H),
+    ``intercept1`` (H,), ``coef2`` (H, K), ``intercept2`` (K,). The MLP's
+    transposed copy of ``coef2`` is ``coef2.T`` here (it gets the same updates).
+    Intercept groups are absent without intercepts.
+    """
+
+    kind: str
+    weights: dict[str, np.ndarray]
+    activation: str = "relu"
+    velocity: dict[str, np.ndarray] | None = None
+
+    def copy(self) -> PlainNetwork:
+        v = None if self.velocity is None else {k: a.copy() for k, a in self.velocity.items()}
+        return PlainNetwork(self.kind, {k: a.copy() for k, a in self.weights.items()},
+                            self.activation, v)
+
+    def lookahead(self, momentum: float) -> dict[str, np.ndarray]:
+        if not momentum or self.velocity is None:
+            return {k: a.copy() for k, a in self.weights.items()}
+        return {k: a + momentum * self.velocity[k] for k, a in self.weights.items()}
+
+    def scores(self, X: np.ndarray, clip: float = CLIP) -> np.ndarray:
+        """Output-layer logits (the MLP's hidden pre-activations clipped, as in the enclave)."""
+        w = self.weights
+        if self.kind == "softmax":
+            return np.asarray(X @ w["coef"] + w.get("intercept", 0.0))
+        a = _act(self.activation, np.clip(X @ w["coef1"] + w.get("intercept1", 0.0), -clip, clip))
+        return np.asarray(a @ w["coef2"] + w.get("intercept2", 0.0))
+
+
+def plain_network_step(m: PlainNetwork, X: np.ndarray, y: np.ndarray, lr: float, momentum: float,
+                       clip: float = CLIP) -> PlainNetwork:
+    """One step, exactly as ``learn/softmax.py`` / ``learn/mlp.py`` and the enclave compute it."""
+    u = m.lookahead(momentum)
+    K = (u["coef"] if m.kind == "softmax" else u["coef2"]).shape[1]
+    Y = np.eye(K)[y.astype(np.int64)]
+    step = lr / len(y)
+    g: dict[str, np.ndarray] = {}
+    if m.kind == "softmax":
+        z = X @ u["coef"] + u.get("intercept", 0.0)
+        e = (_softmax(np.clip(z, -clip, clip)) - Y) * step
+        g["coef"] = X.T @ e
+        if "intercept" in u:
+            g["intercept"] = e.sum(axis=0)
+    else:
+        z1 = np.clip(X @ u["coef1"] + u.get("intercept1", 0.0), -clip, clip)
+        a = _act(m.activation, z1)
+        z2 = a @ u["coef2"] + u.get("intercept2", 0.0)
+        e = (_softmax(np.clip(z2, -clip, clip)) - Y) * step
+        g["coef2"] = a.T @ e
+        p = np.clip(e @ u["coef2"].T, -VALUE_BOUND, VALUE_BOUND)
+        delta = p * _act_derivative(m.activation, z1)
+        g["coef1"] = X.T @ delta
+        if "intercept2" in u:
+            g["intercept2"] = e.sum(axis=0)
+        if "intercept1" in u:
+            g["intercept1"] = delta.sum(axis=0)
+    new = {k: u[k] - g[k] for k in u}
+    vel = {k: new[k] - m.weights[k] for k in new}
+    return PlainNetwork(m.kind, new, m.activation, vel)
+
+
+def plain_network_refine(model: PlainNetwork, datasets: Sequence[tuple[np.ndarray, np.ndarray]],
+                         config: RefineConfig) -> PlainNetwork:
+    """Plaintext twin of :func:`cipherloop.learn.refine` for softmax and MLP models."""
+    m = model.copy()
+    plan = [(X, y, s, e) for X, y in datasets for s, e in minibatches(len(y), config.batch_size)]
+    for _ in range(config.epochs):
+        for X, y, s, e in plan:
+            m = plain_network_step(m, X[s:e], y[s:e], config.learning_rate, config.momentum)
+    return m

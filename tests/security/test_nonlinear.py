@@ -1,0 +1,288 @@
+"""The softmax, activation and backward steps are no oracles either, and compute exactly.
+
+The differential tests play the malicious host against the operations of
+``enclave/nonlinear.py`` as ``test_oracle.py`` does against the logistic
+step: two worlds whose stored secret differs (an ordinary value, and one at
+or beyond every bound), the same attack, identical replies. The behaviour
+tests decrypt what comes back and hold it to numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import World, batch, make_world, view, with_scale
+
+from cipherloop.ckks import Ciphertext, CiphertextBatch, Diagonals, PublicContext, Replicated, SecretContext
+
+SLOTS = 4096
+SECRETS = (0.25, 3.0e9)
+DIAG = Diagonals.plan(40, 4, SLOTS)
+SAMPLES = DIAG.samples.describe()
+Attack = Callable[[World, Ciphertext], dict[str, Any]]
+OPS = ("softmax_error", "mlp_hidden", "mlp_backward")
+
+
+def _stored(host: PublicContext, secret: float) -> Ciphertext:
+    return host.encrypt(Replicated(1, 1, SLOTS).pack(secret))
+
+
+def _differential(worlds: tuple[World, World], host: PublicContext, attack: Attack) -> Any:
+    views = [view(attack(w, _stored(host, s))) for w, s in zip(worlds, SECRETS, strict=True)]
+    assert views[0] == views[1]
+    return views[0]
+
+
+def _logits(host: PublicContext, values: np.ndarray | float = 0.0) -> Ciphertext:
+    """Logits at the exact scale of one rescaled product, one level down."""
+    lvl = host.params.top_level - 1
+    scale = host.params.scale ** 2 / host.backend.prime(lvl + 1)
+    return host.encrypt(np.broadcast_to(values, (SLOTS,)).copy(), level=lvl, scale=scale)
+
+
+def _product(ct: Ciphertext, factor: float, host: PublicContext) -> Ciphertext:
+    """The host turns a stored value into a product of the exact scale, scaled by ``factor``."""
+    return ct.times(factor, scale=host.params.scale)
+
+
+def _call(w: World, op: str, units: list[Ciphertext], *, y: Ciphertext | None = None,
+          p: list[Ciphertext] | None = None, **extra: Any) -> dict[str, Any]:
+    common = {"features": DIAG.describe(), "first_block": 0, "start": 0, "stop": 40}
+    z = [batch(w_host(w), [u], SAMPLES) for u in units]
+    if op == "softmax_error":
+        assert y is not None
+        args = {"z": z, "y": batch(w_host(w), [y], SAMPLES), "learning_rate": 1.0, "level": 3,
+                "intercept": True, "transposed": True}
+    elif op == "mlp_hidden":
+        args = {"z": z, "activation": "tanh", "n_classes": 3}
+    else:
+        assert p is not None
+        args = {"z": z, "p": [batch(w_host(w), [c], SAMPLES) for c in p], "activation": "tanh",
+                "level": 3, "intercept": True}
+    return w.call(op, **{**common, **args, **extra})
+
+
+_HOST: dict[int, PublicContext] = {}
+
+
+def w_host(w: World) -> PublicContext:
+    return _HOST[id(w.enclave)]
+
+
+@pytest.fixture
+def hworlds(worlds: tuple[World, World], host: PublicContext) -> tuple[World, World]:
+    for w in worlds:
+        _HOST[id(w.enclave)] = host
+    return worlds
+
+
+def _attack(op: str, host: PublicContext, make: Callable[[Ciphertext], Ciphertext],
+            where: str = "z", **extra: Any) -> Attack:
+    """An attack that puts the host-built ciphertext ``make(secret)`` into one input of ``op``."""
+    def attack(w: World, ct: Ciphertext) -> dict[str, Any]:
+        built = make(ct)
+        units = [_logits(host, 0.1), _logits(host, -0.2), _logits(host, 0.3)]
+        y = host.encrypt(np.ones(SLOTS), level=0)
+        p = [_logits(host, 0.01) for _ in units]
+        if where == "z":
+            units[0] = built
+        elif where == "y":
+            y = built
+        else:
+            p[1] = built
+        return _call(w, op, units, y=y, p=p, **extra)
+    return attack
+
+
+# ------------------------------------------------------ edited metadata, refused alike
+SCALES = {"tiny": 2.0**-60, "one": 1.0, "off by one ulp": float(np.nextafter(2.0**35, 0)),
+          "huge": 2.0**120}
+INPUTS = [("softmax_error", "z"), ("softmax_error", "y"), ("mlp_hidden", "z"),
+          ("mlp_backward", "z"), ("mlp_backward", "p")]
+
+
+@pytest.mark.parametrize(("op", "where"), INPUTS)
+def test_edited_scales_are_refused_before_decryption(hworlds: tuple[World, World],
+                                                     host: PublicContext, op: str, where: str
+                                                     ) -> None:
+    for edit in sorted(SCALES):
+        def make(ct: Ciphertext, edit: str = edit) -> Ciphertext:
+            base = ct if where == "y" else _product(ct, 1.0, host)
+            return with_scale(base, SCALES[edit])
+
+        got = _differential(hworlds, host, _attack(op, host, make, where))
+        assert got[:2] == ("refused", "ScaleMismatch"), edit
+
+
+@pytest.mark.parametrize(("op", "where"), INPUTS)
+def test_fresh_ciphertexts_in_place_of_products_are_refused(
+        hworlds: tuple[World, World], host: PublicContext, op: str, where: str) -> None:
+    """A fresh (nominal-scale) ciphertext where a product belongs: scale says it was not one."""
+    if where == "y":  # and a product in place of labels
+        got = _differential(hworlds, host, _attack(op, host, lambda c: _product(c, 1.0, host), "y"))
+    else:
+        got = _differential(hworlds, host, _attack(op, host, lambda c: c, where))
+    assert got[:2] == ("refused", "ScaleMismatch")
+
+
+@pytest.mark.parametrize("op", ["softmax_error", "mlp_backward"])
+def test_output_levels_outside_the_safe_range_are_refused(hworlds: tuple[World, World],
+                                                          host: PublicContext, op: str) -> None:
+    for level in (0, 1, 4, -1, True):  # level 1 leaves the intercept sums no level
+        attack = _attack(op, host, lambda c: _product(c, 1.0, host), level=level)
+        assert _differential(hworlds, host, attack)[:2] == ("refused", "BadRequest"), level
+
+
+@pytest.mark.parametrize(("op", "extra", "error"), [
+    ("softmax_error", {"learning_rate": 1e9}, "BadRequest"),
+    ("softmax_error", {"start": 0, "stop": 5000}, "ShapeError"),
+    ("softmax_error", {"first_block": 1}, "ShapeError"),
+    ("mlp_hidden", {"activation": "softplus"}, "BadRequest"),
+    ("mlp_hidden", {"n_classes": 1}, "BadRequest"),
+    ("mlp_backward", {"activation": "exp"}, "BadRequest"),
+    ("mlp_backward", {"features": {"kind": "diagonals", "n_samples": 40}}, "ShapeError"),
+])
+def test_out_of_bounds_fields_are_refused(hworlds: tuple[World, World], host: PublicContext,
+                                          op: str, extra: dict[str, Any], error: str) -> None:
+    attack = _attack(op, host, lambda c: _product(c, 1.0, host), **extra)
+    assert _differential(hworlds, host, attack)[:2] == ("refused", error)
+
+
+def test_mixed_levels_and_count_mismatches_are_refused(hworlds: tuple[World, World],
+                                                       host: PublicContext) -> None:
+    def mixed(w: World, ct: Ciphertext) -> dict[str, Any]:
+        z = _product(ct, 1.0, host)
+        two = batch(host, [z, z.at_level(1)], Diagonals.plan(SLOTS + 40, 4, SLOTS).samples.describe())
+        return w.call("mlp_hidden", z=[two], features=Diagonals.plan(SLOTS + 40, 4, SLOTS).describe(),
+                      first_block=0, start=0, stop=SLOTS + 40, activation="relu", n_classes=3)
+
+    assert _differential(hworlds, host, mixed)[:2] == ("refused", "LevelMismatch")
+
+    def uneven(w: World, ct: Ciphertext) -> dict[str, Any]:
+        units = [_product(ct, 1.0, host), _logits(host)]
+        return _call(w, "mlp_backward", units, p=[_logits(host)])
+
+    assert _differential(hworlds, host, uneven)[:2] == ("refused", "ShapeError")
+
+    def one_class(w: World, ct: Ciphertext) -> dict[str, Any]:
+        return _call(w, "softmax_error", [_product(ct, 1.0, host)], y=host.encrypt(np.ones(SLOTS)))
+
+    assert _differential(hworlds, host, one_class)[:2] == ("refused", "BadRequest")
+
+
+# --------------------------------------------- values at and beyond bounds: alike
+@pytest.mark.parametrize(("op", "where"), [("softmax_error", "z"), ("mlp_hidden", "z"),
+                                           ("mlp_backward", "z"), ("mlp_backward", "p")])
+def test_host_built_values_succeed_alike(hworlds: tuple[World, World], host: PublicContext,
+                                         op: str, where: str) -> None:
+    views = []
+    for factor in (1.0, 2.0**14, 2.0**30):
+        attack = _attack(op, host, lambda c, f=factor: _product(c, f, host), where)
+        views.append(_differential(hworlds, host, attack))
+    assert views[0] == views[1] == views[2]
+    got = views[0]
+    assert got[0] == "ok"
+    if op == "softmax_error":
+        assert got[1] == {"e": [("batch", DIAG.giant, "errors")] * 3,
+                          "e_diag": ("batch", 4, "diagonals"), "e_sum": ("batch", 3, "replicated")}
+    elif op == "mlp_hidden":
+        assert got[1] == {"a": ("batch", 4, "diagonals"), "a_err": [("batch", 1, "errors")] * 3}
+    else:
+        assert got[1] == {"delta": [("batch", DIAG.giant, "errors")] * 3,
+                          "delta_sum": ("batch", 3, "replicated")}
+
+
+def test_secret_labels_succeed_alike(hworlds: tuple[World, World], host: PublicContext) -> None:
+    """The host puts a stored value where the labels go: clipped to a class index, never probed."""
+    got = _differential(hworlds, host, _attack("softmax_error", host, lambda c: c, "y"))
+    assert got[0] == "ok"
+
+
+# ------------------------------------------------------------- exact behaviour
+def _open(sec_key: SecretContext, raw: bytes) -> list[np.ndarray]:
+    return [sec_key.decrypt(c) for c in CiphertextBatch.from_bytes(raw).open(sec_key)]
+
+
+def _diagonal_matrix(blocks: list[np.ndarray], layout: Diagonals) -> np.ndarray:
+    """Undo :meth:`Diagonals.pack` for one block: ``A[t, (t + b) % P] = D_b[t]``."""
+    S, P = layout.slots, layout.period
+    out = np.zeros((S, P))
+    t = np.arange(S)
+    for b2 in range(layout.giant):
+        for b1 in range(layout.baby):
+            diag = np.roll(blocks[layout.index(0, b1, b2)], -layout.baby * b2)
+            out[t, (t + b1 + layout.baby * b2) % P] = diag
+    return out[: layout.n_samples, : layout.n_features]
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_softmax_error_is_exact_and_clipped_at_the_policy_bound(
+        tmp_path: Path, sec_key: SecretContext, host: PublicContext) -> None:
+    w = make_world(tmp_path, sec_key, clip=4.0)
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 3, (SLOTS, 3))
+    z[:5, 0] = [100.0, -100.0, 4.0, 4.5, -7.0]  # beyond the clip of 4
+    y = rng.integers(0, 3, SLOTS).astype(np.float64)
+    y[:3] = [7.0, -2.0, 1.4]  # outside the classes: clipped to 2 and 0, rounded to 1
+    start, stop, lr = 3, 33, 0.5
+    reply = w.call("softmax_error", z=[batch(host, [_logits(host, z[:, k])], SAMPLES) for k in range(3)],
+                   y=batch(host, [host.encrypt(y, level=0)], SAMPLES), features=DIAG.describe(),
+                   first_block=0, start=start, stop=stop, learning_rate=lr, level=3,
+                   intercept=True, transposed=True)
+    assert reply["ok"], reply
+    yc = np.rint(np.clip(y, 0, 2)).astype(int)
+    expect = (_softmax(np.clip(z, -4, 4)) - np.eye(3)[yc]) * lr / (stop - start)
+    expect[:start] = 0.0
+    expect[stop:] = 0.0
+    got = np.stack([_open(sec_key, raw)[0] for raw in reply["result"]["e"]], axis=1)
+    assert np.abs(got - expect).max() < 1e-6
+    sums = [v[0] for v in _open(sec_key, reply["result"]["e_sum"])]
+    assert np.allclose(sums, expect.sum(axis=0), atol=1e-6)
+    e_diag = _diagonal_matrix(_open(sec_key, reply["result"]["e_diag"]), Diagonals.plan(40, 3, SLOTS))
+    assert np.abs(e_diag - expect[:40]).max() < 1e-6
+    w.enclave.close()
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "logistic"])
+def test_hidden_and_backward_steps_are_exact(tmp_path: Path, sec_key: SecretContext,
+                                             host: PublicContext, act: str) -> None:
+    from cipherloop.enclave.nonlinear import activation, activation_derivative
+
+    w = make_world(tmp_path, sec_key)
+    rng = np.random.default_rng(6)
+    H, start, stop = 3, 0, 40
+    z = rng.normal(0, 2, (SLOTS, H))
+    z[0, 0] = 50.0  # clipped to the policy's 16
+    p = rng.normal(0, 0.1, (SLOTS, H))
+    p[1, 1] = 3.0e9  # clipped to VALUE_BOUND
+    zb = [batch(host, [_logits(host, z[:, h])], SAMPLES) for h in range(H)]
+    hidden = w.call("mlp_hidden", z=zb, features=DIAG.describe(), first_block=0, start=start,
+                    stop=stop, activation=act, n_classes=3)
+    assert hidden["ok"], hidden
+    zc = np.clip(z, -16, 16)
+    a = activation(act, zc)
+    a[stop:] = 0.0
+    got_a = _diagonal_matrix(_open(sec_key, hidden["result"]["a"]), Diagonals.plan(40, H, SLOTS))
+    assert np.abs(got_a - a[:40]).max() < 1e-5
+    got_cols = np.stack([_open(sec_key, r)[0] for r in hidden["result"]["a_err"]], axis=1)
+    assert np.abs(got_cols - a).max() < 1e-5
+
+    back = w.call("mlp_backward", p=[batch(host, [_logits(host, p[:, h])], SAMPLES) for h in range(H)],
+                  z=zb, features=DIAG.describe(), first_block=0, start=start, stop=stop,
+                  activation=act, level=2, intercept=True)
+    assert back["ok"], back
+    delta = np.clip(p, -2.0**20, 2.0**20) * activation_derivative(act, zc)
+    delta[stop:] = 0.0
+    got_d = np.stack([_open(sec_key, r)[0] for r in back["result"]["delta"]], axis=1)
+    assert np.abs(got_d - delta).max() <= 1e-6 * max(1.0, np.abs(delta).max())
+    sums = [v[0] for v in _open(sec_key, back["result"]["delta_sum"])]
+    assert np.allclose(sums, np.clip(delta.sum(axis=0), -2.0**20, 2.0**20), rtol=1e-6, atol=1e-4)
+    w.enclave.close()
