@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import World, batch, make_world, view, with_scale
+from hostkit import World, batch, make_world, view, with_scale
 
 from cipherloop.ckks import Ciphertext, CiphertextBatch, Diagonals, PublicContext, Replicated, SecretContext
 
