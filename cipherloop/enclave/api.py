@@ -49,6 +49,7 @@ from ..errors import (
     TooFewSamples,
     UnpinnedHoldout,
 )
+from .activations import ACTIVATIONS, activation
 from .keystore import KeyEntry
 from .policy import METRICS, coarse
 
@@ -60,7 +61,6 @@ MAX_BATCHES = 64
 VALUE_BOUND = float(2**20)
 #: Most vectors one model part may hold (classes or hidden units).
 _MAX_UNITS = 1024
-_ACTIVATIONS = ("relu", "tanh", "logistic")
 
 L = TypeVar("L", SampleBlocks, Replicated, Diagonals)
 
@@ -205,16 +205,16 @@ def _check_model(entry: KeyEntry, parts: Mapping[str, Any], diag: Diagonals, *, 
     if not mlp:
         _, coef = vectors("coef", diag.model)
         return _Scored(coef, scalars("intercept", len(coef)))
-    activation = parts.get("activation")
-    if activation not in _ACTIVATIONS:
-        raise BadRequest(f"an MLP's activation is one of {_ACTIVATIONS}")
+    act = parts.get("activation")
+    if act not in ACTIVATIONS:
+        raise BadRequest(f"an MLP's activation is one of {ACTIVATIONS}")
     _, coef1 = vectors("coef1", diag.model)
     hidden = Replicated.for_features(len(coef1), diag.slots)
     _, coef2 = vectors("coef2", hidden)
     if len(coef2) < 2:
         raise ShapeError("an MLP has at least two outputs")
     return _Scored(coef1, scalars("intercept1", len(coef1)), coef2,
-                   scalars("intercept2", len(coef2)), str(activation), hidden)
+                   scalars("intercept2", len(coef2)), str(act), hidden)
 
 
 # -------------------------------------------------------------- after decryption
@@ -386,7 +386,7 @@ def _score(entry: KeyEntry, X: np.ndarray, diag: Diagonals, model: _Scored) -> n
                                    None if model.intercept is None else model.intercept[0])
         return column(model.coef, model.intercept)
     clip = entry.policy.clip
-    a = _activation(model.activation, np.clip(column(model.coef, model.intercept), -clip, clip))
+    a = activation(model.activation, np.clip(column(model.coef, model.intercept), -clip, clip))
     assert model.hidden is not None
     w2 = np.stack([model.hidden.unpack(v) for v in
                    _reveal(entry, list(model.coef2), -VALUE_BOUND, VALUE_BOUND)], axis=1)
@@ -394,14 +394,6 @@ def _score(entry: KeyEntry, X: np.ndarray, diag: Diagonals, model: _Scored) -> n
     if model.intercept2 is not None:
         b2 = _reveal(entry, list(model.intercept2), -VALUE_BOUND, VALUE_BOUND).mean(axis=1)
     return np.asarray(a @ w2 + b2)
-
-
-def _activation(name: str, z: np.ndarray) -> np.ndarray:
-    if name == "relu":
-        return np.asarray(np.maximum(z, 0.0))
-    if name == "tanh":
-        return np.asarray(np.tanh(z))
-    return np.asarray(1.0 / (1.0 + np.exp(-z)))
 
 
 def _metrics(z: np.ndarray, y: np.ndarray, clip: float) -> dict[str, float]:

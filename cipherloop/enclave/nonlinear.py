@@ -33,6 +33,7 @@ import numpy as np
 from ..ckks import Ciphertext, CiphertextBatch, Diagonals, Replicated, SampleBlocks
 from ..ckks.layout import from_description
 from ..errors import BadRequest, ShapeError
+from .activations import ACTIVATIONS, activation, activation_derivative
 from .api import (
     VALUE_BOUND,
     _after_decryption,
@@ -49,26 +50,6 @@ from .keystore import KeyEntry
 #: Most classes (softmax outputs) and hidden units one request may carry.
 MAX_CLASSES = 256
 MAX_HIDDEN = 1024
-ACTIVATIONS = ("relu", "tanh", "logistic")
-
-
-def activation(name: str, z: np.ndarray) -> np.ndarray:
-    """``act(z)`` for already clipped ``z``; bounded by ``max|z|`` (relu) or 1."""
-    if name == "relu":
-        return np.asarray(np.maximum(z, 0.0))
-    if name == "tanh":
-        return np.asarray(np.tanh(z))
-    return np.asarray(1.0 / (1.0 + np.exp(-z)))
-
-
-def activation_derivative(name: str, z: np.ndarray) -> np.ndarray:
-    """``act'(z)`` for already clipped ``z``; always in ``[0, 1]``."""
-    if name == "relu":
-        return (z > 0).astype(np.float64)
-    if name == "tanh":
-        return np.asarray(1.0 - np.tanh(z) ** 2)
-    s = 1.0 / (1.0 + np.exp(-z))
-    return np.asarray(s * (1.0 - s))
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
