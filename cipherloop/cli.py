@@ -354,6 +354,7 @@ def _policy(trigger_samples: int | None, interval: float | None, epochs: int, lr
             "release_metric": release_metric}
 
 
+MAX_CLASSES = 256
 DEFAULT_TRIGGER = 256
 
 
@@ -390,7 +391,7 @@ def init(
     measurement: Measurements = None,
     model_kind: Annotated[str, typer.Option(
         "--model", help="Model kind: logreg (binary or multinomial) or mlp.")] = "logreg",
-    classes: Annotated[int, typer.Option(min=2, max=256, help="Number of classes.")] = 2,
+    classes: Annotated[int, typer.Option(min=2, max=MAX_CLASSES, help="Number of classes.")] = 2,
     hidden: Annotated[int, typer.Option(min=1, max=1024, help="Hidden units (mlp).")] = 32,
     activation: Annotated[str, typer.Option(help="relu, tanh or logistic (mlp).")] = "relu",
 ) -> None:
@@ -417,10 +418,10 @@ def init(
     # Everything local is read and checked before the service is touched.
     own = hold = None
     if data is not None:
-        own = load_xy(data)
+        own = load_xy(data, n_classes=classes)
         check_width(data, own[0], features)
     if holdout is not None:
-        hold = load_xy(holdout)
+        hold = load_xy(holdout, n_classes=classes)
         check_width(holdout, hold[0], features)
     fit_on = own or hold
     pre = Standardizer.fit(fit_on[0]) if standardize and fit_on is not None else None
@@ -565,7 +566,7 @@ def upload(
     from .client.service import ServiceClient
     from .client.tabular import check_width, load_xy
 
-    X, y = load_xy(data, label_column)
+    X, y = load_xy(data, label_column, n_classes=MAX_CLASSES)  # the model knows its K
     with ServiceClient(server, token) as svc:
         pre = _preprocessing(svc, model)
         if pre is not None:

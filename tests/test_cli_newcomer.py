@@ -34,8 +34,9 @@ def _cli(*args: str, env: dict[str, str] | None = None,
     ("1,2,0\n3,x7,1\n", "line 2, column 2: 'x7' is not a finite number"),
     ("1,2,0\n3,nan,1\n", "line 2, column 2"),
     ("1,2,0\n3,4\n", "line 2: 2 columns"),
-    ("1,2,0\n3,4,2\n", "labels must be 0 or 1; sample 2 has 2"),
-], ids=["empty", "header only", "text", "nan", "ragged", "label"])
+    ("1,2,0\n3,4,0.5\n", "labels must be class numbers 0 to 255; sample 2 has 0.5"),
+    ("1,2,0\n3,4,-1\n", "labels must be class numbers 0 to 255; sample 2 has -1"),
+], ids=["empty", "header only", "text", "nan", "ragged", "label", "negative label"])
 def test_upload_of_a_bad_csv_names_file_line_and_fix(tmp_path: Path, content: str,
                                                      expect: str) -> None:
     path = tmp_path / "new.csv"

@@ -152,7 +152,10 @@ def test_owner_cli_over_http_with_a_multiclass_mlp(service: tuple[str, str, Path
     pred = _cli("predict", str(tmp_path / "X.npy"), "--out", str(tmp_path / "p.csv"), env=env)
     assert pred.returncode == 0, pred.stderr
     p = np.loadtxt(tmp_path / "p.csv", delimiter=",")
-    a = np.tanh(X[:10] @ model["coef1"] + model["intercept1"])
+    # init standardised on the hold-out set: the network's weights apply to standardised inputs.
+    assert model["mean"].shape == (4,) and model["scale"].shape == (4,)
+    Xs = (X[:10] - model["mean"]) / model["scale"]
+    a = np.tanh(Xs @ model["coef1"] + model["intercept1"])
     z = a @ model["coef2"] + model["intercept2"]
     expected = np.exp(z - z.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)

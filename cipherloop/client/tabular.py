@@ -73,7 +73,8 @@ def read_table(path: Path) -> np.ndarray:
     return out
 
 
-def load_xy(path: Path, label_column: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_xy(path: Path, label_column: int | None = None, *, n_classes: int = 2
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Features and 0/1 labels from a CSV (label last by default) or an ``.npz`` (``X``, ``y``).
 
     Raises
@@ -101,9 +102,10 @@ def load_xy(path: Path, label_column: int | None = None) -> tuple[np.ndarray, np
         X, y = np.delete(table, col, axis=1), table[:, col]
     if not np.all(np.isfinite(X)):
         raise DataFileError(f"{path}: every feature must be a finite number")
-    bad = np.flatnonzero((y != 0) & (y != 1))
+    bad = np.flatnonzero((y != np.rint(y)) | (y < 0) | (y >= n_classes))
     if bad.size:
-        raise DataFileError(f"{path}: labels must be 0 or 1; sample {bad[0] + 1} has "
+        which = "0 or 1" if n_classes == 2 else f"class numbers 0 to {n_classes - 1}"
+        raise DataFileError(f"{path}: labels must be {which}; sample {bad[0] + 1} has "
                             f"{y[bad[0]]:g} (is the label in the last column?)")
     return X, y
 

@@ -18,6 +18,7 @@ import cbor2
 from ..ckks import CiphertextBatch, Diagonals, PublicContext, SampleBlocks
 from ..ckks.layout import from_description
 from ..errors import CipherloopError, InvalidCiphertext, KeyMaterialError, ShapeError
+from ..learn.network import NETWORK_FORMAT
 from ..learn.wire import require_one_cbor_item
 
 BINARY = "application/octet-stream"
@@ -76,7 +77,11 @@ def check_model_layouts(body: bytes) -> None:
     require_one_cbor_item(body)
     try:
         doc = cbor2.loads(body)
-        parts = [v for k, v in doc.items() if k != "format"] if isinstance(doc, dict) else None
+        if isinstance(doc, dict) and doc.get("format") == NETWORK_FORMAT:
+            groups = doc.get("groups")
+            parts = list(groups.values()) if isinstance(groups, dict) else None
+        else:
+            parts = [v for k, v in doc.items() if k != "format"] if isinstance(doc, dict) else None
     except Exception:
         parts = None
     if not parts or not all(isinstance(v, bytes) for v in parts):
