@@ -20,14 +20,14 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from cloudkit import RelayLink, b64
+from cloudkit import RelayLink, b64, wait_for
 from servicekit import start_service
 
 from cipherloop.ckks import CiphertextBatch, Diagonals, SecretContext, preset, rotations_for_features
@@ -42,16 +42,6 @@ pytestmark = pytest.mark.slow
 
 ADMIN = "e2e-admin-token-0123456789abcdef"
 D = 6
-
-
-def _wait(what: Callable[[], Any], *, timeout: float, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("timed out waiting")
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +141,7 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
                       headers=t["contributor"]) for i in (0, 100)]
         assert [u.status_code for u in ups] == [201, 201]
 
-        running = _wait(lambda: [r for r in _rounds(c, t) if r["state"] == "running"], timeout=60)
+        running = wait_for(lambda: [r for r in _rounds(c, t) if r["state"] == "running"], timeout=60)
         time.sleep(0.5)  # not a race: the round is blocked on the frozen enclave
         assert [(r["state"], r["attempts"]) for r in _rounds(c, t)] == [("running", 1)]
         service.kill9()
@@ -167,7 +157,7 @@ def test_round_from_uploads_alone_survives_kill_9_on_the_sealed_key(
         # A new enclave process, serving the tenant's key from sealed storage: nobody provisioned.
         assert owner.key_id in EnclaveClient(sock, timeout=30).hello()["keys"]
         c = httpx.Client(base_url=service.url, timeout=120)
-        done = _wait(lambda: [r for r in _rounds(c, t) if r["state"] in ("done", "failed")],
+        done = wait_for(lambda: [r for r in _rounds(c, t) if r["state"] in ("done", "failed")],
                      timeout=300, step=0.2)
         (rnd,) = done
         assert rnd["state"] == "done", rnd
