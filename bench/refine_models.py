@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.datasets import load_digits
 
-from cipherloop.ckks import SecretContext, preset, rotations_for_features
+from cipherloop.ckks import Diagonals, SecretContext, preset, rotations_for_features
 from cipherloop.client.data import encrypt_batches
 from cipherloop.client.network import decrypt_network, encrypt_network, initial_network
 from cipherloop.client.provisioning import provision, simulated_policy
@@ -49,6 +49,7 @@ class Row:
     bytes_per_sample: float
     max_gap: float
     encrypt_s: float
+    lanes: int
 
 
 def hetal_data(n_train: int, n_test: int, d: int = 768, k: int = 10, seed: int = 0
@@ -74,12 +75,14 @@ def accuracy(model: PlainNetwork, X: np.ndarray, y: np.ndarray) -> float:
 
 def run(name: str, data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
         start: PlainNetwork, config: RefineConfig, *, owner: SecretContext,
-        proc: EnclaveProcess, epoch_steps: int | None = None) -> Row:
+        proc: EnclaveProcess, epoch_steps: int | None = None, lanes: int | None = None) -> Row:
     Xtr, ytr, Xte, yte = data
     k = int(max(ytr.max(), yte.max())) + 1
     host = owner.public_context()
+    if lanes is None:  # blocks sized to the mini-batch, as the estimators choose them
+        lanes = Diagonals.lanes_for(config.batch_size or len(ytr), Xtr.shape[1], SLOTS)
     t0 = time.perf_counter()
-    features, labels = encrypt_batches(owner, Xtr, ytr, n_classes=k)
+    features, labels = encrypt_batches(owner, Xtr, ytr, n_classes=k, lanes=lanes)
     encrypt_s = time.perf_counter() - t0
     nbytes = sum(len(b) for b in features.items) + sum(len(b) for b in labels.items)
     dataset = EncryptedDataset.from_batches(host, features, labels)
@@ -96,12 +99,12 @@ def run(name: str, data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     return Row(name, len(ytr), Xtr.shape[1], k, epoch_steps, per_step, per_step * epoch_steps,
                plain_s / stats.steps * epoch_steps, stats.enclave_seconds / stats.seconds,
                stats.enclave_calls / stats.steps, accuracy(got, Xte, yte), accuracy(ref, Xte, yte),
-               nbytes / len(ytr), gap, encrypt_s)
+               nbytes / len(ytr), gap, encrypt_s, lanes)
 
 
 HEAD = (f"{'run':<30}{'steps/ep':>9}{'s/step':>9}{'s/epoch':>10}{'plain s/ep':>12}"
         f"{'enclave':>9}{'calls/st':>9}{'acc enc':>9}{'acc plain':>10}{'B/sample':>10}"
-        f"{'max |dw|':>10}{'encrypt s':>10}")
+        f"{'max |dw|':>10}{'encrypt s':>10}{'lanes':>6}")
 
 
 def report(rows: list[Row]) -> None:
@@ -114,7 +117,7 @@ def report(rows: list[Row]) -> None:
         print(f"{r.name:<30}{r.steps_per_epoch:>9d}{r.enc_step:>9.2f}{r.enc_epoch:>10.1f}"
               f"{r.plain_epoch:>12.2e}{r.enclave_share:>8.0%} {r.calls_per_step:>9.2f}"
               f"{r.enc_acc:>9.3f}{r.plain_acc:>10.3f}{r.bytes_per_sample:>10.0f}"
-              f"{r.max_gap:>10.1e}{r.encrypt_s:>10.1f}")
+              f"{r.max_gap:>10.1e}{r.encrypt_s:>10.1f}{r.lanes:>6d}")
 
 
 def main() -> None:
@@ -123,29 +126,40 @@ def main() -> None:
                     help="iterations of the HETAL epoch to run (12 = the whole epoch)")
     ap.add_argument("--skip-hetal", action="store_true")
     ap.add_argument("--digits-epochs", type=int, default=3)
+    ap.add_argument("--n-jobs", type=int, default=-1,
+                    help="processes sharing a multiclass step's classes (-1: every core)")
+    ap.add_argument("--one-lane", action="store_true",
+                    help="also run each model with one lane (blocks of 4,096 samples), side by side")
     a = ap.parse_args()
+    lane_runs: list[int | None] = [None, 1] if a.one_lane else [None]
     owner = SecretContext.generate(preset("n8192"), rotations_for_features(768, SLOTS))
     rows = []
     with EnclaveProcess() as proc:
         provision(proc.client, owner, simulated_policy(proc.state_dir), quiet_simulation=True)
         cfg = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=256,
-                           epochs=a.digits_epochs)
+                           epochs=a.digits_epochs, n_jobs=a.n_jobs)
         data = digits()
-        rows.append(run("digits softmax 64-10", data, initial_network("softmax", 64, 10), cfg,
-                        owner=owner, proc=proc))
-        report(rows[-1:])
+        for lanes in lane_runs:
+            rows.append(run("digits softmax 64-10", data, initial_network("softmax", 64, 10), cfg,
+                            owner=owner, proc=proc, lanes=lanes))
+            report(rows[-1:])
         mlp_cfg = RefineConfig(learning_rate=0.5, momentum=0.9, batch_size=256,
                                epochs=a.digits_epochs)
         start = initial_network("mlp", 64, 10, hidden=32, activation="relu",
                                 rng=np.random.default_rng(1))
-        rows.append(run("digits MLP 64-32-10 relu", data, start, mlp_cfg, owner=owner, proc=proc))
+        # The MLP refines one-lane data (learn/mlp.py).
+        rows.append(run("digits MLP 64-32-10 relu", data, start, mlp_cfg, owner=owner,
+                        proc=proc, lanes=1))
         report(rows[-1:])
         if not a.skip_hetal:
             n = 1024 * a.hetal_iterations
-            hcfg = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=1024, epochs=1)
-            rows.append(run(f"HETAL 768-10 ({a.hetal_iterations}/12 it)",
-                            hetal_data(n, 2048), initial_network("softmax", 768, 10), hcfg,
-                            owner=owner, proc=proc, epoch_steps=12))
+            hcfg = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=1024, epochs=1,
+                                n_jobs=a.n_jobs)
+            for lanes in lane_runs:
+                rows.append(run(f"HETAL 768-10 ({a.hetal_iterations}/12 it)",
+                                hetal_data(n, 2048), initial_network("softmax", 768, 10), hcfg,
+                                owner=owner, proc=proc, epoch_steps=12, lanes=lanes))
+                report(rows[-1:])
     report(rows)
     print("\n(s/epoch of the HETAL row: s/step x 12 steps of 1,024 of the 12,288 samples)")
     print("HETAL (ICML 2023, one A40 GPU): 4.29-15.72 s per iteration; target here <= 4.3 s.")

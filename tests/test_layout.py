@@ -268,3 +268,110 @@ def test_diagonals_unpack_names_the_count_it_expects() -> None:
     layout = Diagonals.plan(5000, 20, 4096)  # 2 blocks x 32 diagonals
     with pytest.raises(ShapeError, match="expected 64 diagonals, got 63"):
         layout.unpack(layout.pack(np.zeros((5000, 20)))[:-1])
+
+
+# ------------------------------------------------------------------------- lanes
+def _rot(v: np.ndarray, k: int) -> np.ndarray:
+    return np.roll(v, -k)
+
+
+def _kernels_in_numpy(layout: Diagonals, arrays: list[np.ndarray], w: np.ndarray,
+                      e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``learn/kernels.py``'s walk on plain slot vectors: per-slot logits and the folded gradient."""
+    B, G, S = layout.baby, layout.giant, layout.slots
+    wr = layout.model.pack(w)
+    z = []
+    for c in range(layout.n_blocks):
+        acc = None
+        for b2 in reversed(range(G)):
+            part = sum(arrays[layout.index(c, b1, b2)] * _rot(wr, b1) for b1 in range(B))
+            acc = part if acc is None else _rot(acc, B) + part
+        z.append(acc)
+    errors = layout.pack_errors(e)
+    grad = None
+    for b1 in reversed(range(B)):
+        part = sum(arrays[layout.index(c, b1, b2)] * errors[c * G + b2]
+                   for c in range(layout.n_blocks) for b2 in range(G))
+        grad = part if grad is None else _rot(grad, -1) + part
+    assert grad is not None
+    k = layout.period
+    while k < S:
+        grad = grad + _rot(grad, k)
+        k *= 2
+    return np.stack(z), grad
+
+
+@pytest.mark.parametrize(("n", "d", "slots", "lanes"), [
+    (300, 30, 512, 4), (1000, 64, 4096, 16), (2100, 768, 4096, 4), (100, 5, 64, 2),
+    (77, 8, 64, 1), (40, 16, 256, 16), (5, 3, 16, 4),
+])
+def test_lanes_give_the_kernels_exact_products(n: int, d: int, slots: int, lanes: int) -> None:
+    """The unchanged kernels compute ``X @ w`` (lanes summed) and ``X.T @ e`` on any lane count."""
+    rng = np.random.default_rng(n)
+    layout = Diagonals.plan(n, d, slots, lanes)
+    X, w, e = rng.normal(size=(n, d)), rng.normal(size=d), rng.normal(size=n)
+    arrays = layout.pack(X)
+    assert len(arrays) == layout.n_blocks * layout.per_block == layout.n_blocks * layout.period // lanes
+    assert np.array_equal(layout.unpack(arrays), X)
+    z, grad = _kernels_in_numpy(layout, arrays, w, e)
+    assert np.allclose(layout.samples.fold(z)[:n], X @ w)
+    assert np.allclose(grad[:d], X.T @ e)
+    assert np.allclose(grad[layout.period:layout.period + d], X.T @ e)  # every replica
+
+
+def test_a_lane_puts_each_sample_once_per_lane_on_its_feature_window() -> None:
+    layout = Diagonals.plan(8, 8, 32, 4)  # blocks of 8 samples, 2 diagonals, 4 lanes
+    samples = layout.samples
+    assert (samples.block, samples.lanes, samples.shift, layout.per_block) == (8, 4, 2, 2)
+    pos = samples.positions()
+    assert sorted(pos.ravel().tolist()) == list(range(32))
+    for i in range(8):  # sample i's lanes start on features i, i+2, i+4, i+6 (mod 8)
+        assert sorted(int(p) % 8 for p in pos[:, i]) == sorted((i + 2 * lane) % 8 for lane in range(4))
+    assert np.array_equal(samples.sample_at()[pos[2]], np.arange(8))
+
+
+def test_sample_blocks_in_lanes_spread_read_lane_zero_and_fold() -> None:
+    layout = SampleBlocks(10, 16, 4, 1)  # blocks of 4 samples
+    packed = layout.pack(np.arange(10.0))
+    assert len(packed) == 3
+    assert np.array_equal(layout.unpack(packed), np.arange(10.0))
+    assert np.array_equal(layout.fold(np.stack(packed))[:10], 4 * np.arange(10.0))
+    assert np.array_equal(packed[0][layout.positions()], np.tile(np.arange(4.0), (4, 1)))
+    assert [m.sum() for m in layout.mask(3, 6)] == [4.0, 8.0, 0.0]
+
+
+@pytest.mark.parametrize(("batch", "d", "lanes"), [
+    (1024, 768, 4), (100, 64, 32), (200, 64, 16), (30, 13, 16), (1, 64, 64), (5000, 64, 1),
+    (1, 4096, 1), (64, 1, 1),
+])
+def test_lanes_for_fits_the_block_to_the_batch(batch: int, d: int, lanes: int) -> None:
+    assert Diagonals.lanes_for(batch, d, 4096) == lanes
+    layout = Diagonals.plan(batch, d, 4096, lanes)
+    assert layout.block >= min(batch, 4096) or layout.block == 4096 // lanes
+
+
+@pytest.mark.parametrize("args", [
+    (6, 3, 16, 1, 3),      # not a power of two
+    (6, 3, 16, 1, 8),      # more lanes than padded features
+    (6, 4, 8, 1, 4),       # lanes * period > slots
+    (6, 4, 16, 4, 2),      # baby does not divide period / lanes
+    (6, 4, 16, 1, 0),
+])
+def test_diagonals_refuse_bad_lanes(args: tuple[int, int, int, int, int]) -> None:
+    with pytest.raises(ShapeError):
+        Diagonals(*args)
+
+
+@pytest.mark.parametrize("args", [(10, 16, 3, 1), (10, 16, 4, 4), (10, 16, 1, 1), (10, 16, 0, 0)])
+def test_sample_blocks_refuse_bad_lanes(args: tuple[int, int, int, int]) -> None:
+    with pytest.raises(ShapeError):
+        SampleBlocks(*args)
+
+
+@pytest.mark.parametrize("layout", [Diagonals(100, 30, 512, 8, 4), SampleBlocks(100, 512, 4, 8)])
+def test_lanes_round_trip_and_one_lane_keeps_the_old_description(layout: Any) -> None:
+    assert from_description(cbor2.loads(cbor2.dumps(layout.describe()))) == layout
+    one = dataclasses.replace(layout, lanes=1, **({"shift": 0} if isinstance(layout, SampleBlocks)
+                                                  else {"baby": 16}))
+    assert "lanes" not in one.describe() and "shift" not in one.describe()
+    assert from_description({**layout.describe(), "lanes": 2}) != layout

@@ -30,8 +30,8 @@ def _wine() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _to_host(host: PublicContext, owner: SecretContext, X: np.ndarray, y: np.ndarray,
-             k: int) -> EncryptedDataset:
-    f, lab = encrypt_dataset(owner, X, y, n_classes=k).to_batches(owner)
+             k: int, lanes: int = 1) -> EncryptedDataset:
+    f, lab = encrypt_dataset(owner, X, y, n_classes=k, lanes=lanes).to_batches(owner)
     return EncryptedDataset.from_batches(host, CiphertextBatch.from_bytes(f.to_bytes()),
                                          CiphertextBatch.from_bytes(lab.to_bytes()))
 
@@ -41,10 +41,11 @@ def _accuracy(model: PlainNetwork, X: np.ndarray, y: np.ndarray) -> float:
 
 
 def _train_both(owner: SecretContext, host: PublicContext, enclave: EnclaveProcess,
-                plain: PlainNetwork, X: np.ndarray, y: np.ndarray, config: RefineConfig
-                ) -> tuple[PlainNetwork, PlainNetwork]:
+                plain: PlainNetwork, X: np.ndarray, y: np.ndarray, config: RefineConfig,
+                lanes: int = 1) -> tuple[PlainNetwork, PlainNetwork]:
     k = int(y.max()) + 1
-    data = _to_host(host, owner, X, y, k)
+    data = _to_host(host, owner, X, y, k, lanes)
+    assert data.layout.lanes == lanes
     trained, stats = refine(encrypt_network(host, plain), [data], config, context=host,
                             enclave=enclave.client)
     assert stats.steps == config.epochs * -(-len(y) // (config.batch_size or len(y)))
@@ -67,7 +68,10 @@ def test_softmax_on_digits_matches_its_plaintext_twin(
     X, y = _digits()
     config = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=100, epochs=1)
     plain = initial_network("softmax", X.shape[1], 10)
-    got, ref = _train_both(owner_key, host_context, enclave, plain, X[:400], y[:400], config)
+    lanes = Diagonals.lanes_for(100, X.shape[1], host_context.params.slots)
+    assert lanes == 32  # blocks of 128 samples, two diagonals each
+    got, ref = _train_both(owner_key, host_context, enclave, plain, X[:400], y[:400], config,
+                           lanes)
     _assert_twins(got, ref, X[1200:], y[1200:], 0.8)
 
 
@@ -77,6 +81,19 @@ def test_softmax_on_wine_matches_its_plaintext_twin(
     config = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=None, epochs=6)
     plain = initial_network("softmax", X.shape[1], 3)
     got, ref = _train_both(owner_key, host_context, enclave, plain, X[:120], y[:120], config)
+    _assert_twins(got, ref, X[120:], y[120:], 0.9)
+
+
+def test_softmax_in_lanes_on_wine_matches_its_plaintext_twin(
+        owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess) -> None:
+    """Mini-batches of 30 in 16 lanes of 256 samples: one diagonal per block instead of 16."""
+    X, y = _wine()
+    config = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=30, epochs=3)
+    plain = initial_network("softmax", X.shape[1], 3)
+    lanes = Diagonals.lanes_for(30, X.shape[1], host_context.params.slots)
+    assert lanes == 16
+    got, ref = _train_both(owner_key, host_context, enclave, plain, X[:120], y[:120], config,
+                           lanes)
     _assert_twins(got, ref, X[120:], y[120:], 0.9)
 
 
@@ -129,6 +146,26 @@ def test_softmax_step_costs_exactly_what_its_docstring_says(
     assert stats.enclave_calls == 1
 
 
+@pytest.mark.parametrize("lanes", [4, 16])
+def test_a_step_in_lanes_costs_its_share_of_the_diagonals(
+        owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess,
+        lanes: int) -> None:
+    """``J = P / L`` diagonals per block: the products shrink ``L``-fold, the fold stays."""
+    X, y = _wine()
+    k, C = 3, 1
+    layout = Diagonals.plan(120, X.shape[1], host_context.params.slots, lanes)
+    J, B, G = layout.per_block, layout.baby, layout.giant
+    assert 16 // lanes == J
+    data = _to_host(host_context, owner_key, X[:120], y[:120], k, lanes)
+    model = encrypt_network(host_context, initial_network("softmax", X.shape[1], k))
+    _, stats = refine(model, [data], RefineConfig(momentum=0.0), context=host_context,
+                      enclave=enclave.client)
+    assert stats.ops["multiply"] == 2 * k * C * J
+    assert stats.ops["relinearize"] == k * C * G + k * B
+    assert stats.ops["rotate"] == (_rotations(k, layout, C, gradient=False)
+                                   + _rotations(k, layout, C, gradient=True))
+
+
 def test_mlp_step_costs_exactly_what_its_docstring_says(
         owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess) -> None:
     X, y = _wine()
@@ -168,6 +205,16 @@ def test_a_small_batch_pays_only_for_its_blocks(
     got = decrypt_network(owner_key, trained)
     ref = plain_network_refine(plain, [(X, y)], config)
     assert np.abs(got.weights["coef"] - ref.weights["coef"]).max() < 1e-3
+
+
+def test_the_mlp_refuses_data_in_lanes(
+        owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess) -> None:
+    X, y = _wine()
+    data = _to_host(host_context, owner_key, X[:40], y[:40], 3, lanes=4)
+    plain = initial_network("mlp", X.shape[1], 3, hidden=4, activation="tanh")
+    with pytest.raises(ShapeError, match="one lane"):
+        refine(encrypt_network(host_context, plain), [data], RefineConfig(), context=host_context,
+               enclave=enclave.client)
 
 
 def test_network_round_trips_through_bytes(owner_key: SecretContext,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -60,6 +61,8 @@ class _Block:
 
 # The context each pool process loads once, in its initializer (per process, never shared).
 _PROCESS_CONTEXT: dict[str, _ContextBase] = {}
+# With fork, the data too: a pool process slices its blocks from the parent's arrays.
+_PROCESS_DATA: dict[str, np.ndarray | None] = {}
 
 
 def _load_context(kind: str, key: bytes) -> None:
@@ -67,10 +70,16 @@ def _load_context(kind: str, key: bytes) -> None:
                                else PublicContext.load(key))
 
 
-def _seal_block(ctx: _ContextBase, X: np.ndarray, y: np.ndarray | None, baby: int,
+def _inherit_context(context: _ContextBase, X: np.ndarray, y: np.ndarray | None) -> None:
+    """A forked process already holds the parent's context and data: nothing to pickle."""
+    _PROCESS_CONTEXT["ctx"] = context
+    _PROCESS_DATA.update(X=X, y=y)
+
+
+def _seal_block(ctx: _ContextBase, X: np.ndarray, y: np.ndarray | None, baby: int, lanes: int,
                 store: str | None) -> _Block:
-    """Pack and encrypt one block (``<= slots`` rows); write it to ``store`` if given."""
-    sub = Diagonals(X.shape[0], X.shape[1], ctx.params.slots, baby)
+    """Pack and encrypt one block (``<= block`` rows); write it to ``store`` if given."""
+    sub = Diagonals(X.shape[0], X.shape[1], ctx.params.slots, baby, lanes)
     feats = tuple(ctx.encrypt_bytes(a) for a in sub.pack(X))
     # Labels at level 0: only the enclave reads them, so they need no depth.
     label = None if y is None else ctx.encrypt_bytes(sub.samples.pack(y)[0], level=0)
@@ -81,8 +90,51 @@ def _seal_block(ctx: _ContextBase, X: np.ndarray, y: np.ndarray | None, baby: in
                   None if label is None else blobs.put(encode_block(ctx, [label])))
 
 
-def _seal_in_process(X: np.ndarray, y: np.ndarray | None, baby: int, store: str | None) -> _Block:
-    return _seal_block(_PROCESS_CONTEXT["ctx"], X, y, baby, store)
+@dataclass(frozen=True)
+class _Spooled:
+    """A block a pool process wrote to a spool file: its path and each ciphertext's length."""
+
+    path: str
+    features: tuple[int, ...]
+    label: int | None
+
+    def take(self) -> _Block:
+        """Read the block back (one copy per ciphertext) and remove the file."""
+        try:
+            with open(self.path, "rb") as f:
+                feats = tuple(f.read(n) for n in self.features)
+                label = None if self.label is None else f.read(self.label)
+        finally:
+            os.unlink(self.path)
+        return _Block(feats, label)
+
+
+def _seal_in_process(X: np.ndarray | None, y: np.ndarray | None, rows: slice, baby: int,
+                     lanes: int, store: str | None, spool: str | None) -> _Block | _Spooled:
+    """A pool process's block. Ciphertext bytes come back through a spool file, not the
+    result pipe: pickling ~200 MB per block through a pipe costs the parent more CPU
+    than a file in memory (``/dev/shm``) does, and the parent shares the cores."""
+    if X is None:  # forked: rows of the inherited arrays
+        X, y = _PROCESS_DATA["X"], _PROCESS_DATA["y"]
+        assert X is not None
+        X, y = X[rows], None if y is None else y[rows]
+    block = _seal_block(_PROCESS_CONTEXT["ctx"], X, y, baby, lanes, store)
+    if spool is None or not isinstance(block.features, tuple) or isinstance(block.label, str):
+        return block
+    fd, path = tempfile.mkstemp(dir=spool)
+    with os.fdopen(fd, "wb") as f:
+        for item in block.features:
+            f.write(item)
+        if block.label is not None:
+            f.write(block.label)
+    return _Spooled(path, tuple(len(b) for b in block.features),
+                    None if block.label is None else len(block.label))
+
+
+def _spool_dir() -> str | None:
+    """Memory-backed ``/dev/shm`` where the system has one, else the default temporary directory."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
 
 
 def _n_processes(n_jobs: int | None, n_blocks: int) -> int:
@@ -111,26 +163,36 @@ def _seal_blocks(context: _ContextBase, X: np.ndarray, y: np.ndarray | None, lay
                  *, n_jobs: int | None, store: BlobStore | None,
                  progress: Progress | None) -> list[_Block]:
     """Every block of ``(X, y)`` encrypted, in block order, on ``n_jobs`` processes."""
-    S, C = layout.slots, layout.n_blocks
+    S, C = layout.block, layout.n_blocks
     root = None if store is None else str(store.root)
     parts = [(X[c * S:(c + 1) * S], None if y is None else y[c * S:(c + 1) * S]) for c in range(C)]
-    per_block = layout.period + (0 if y is None else 1)
+    per_block = layout.per_block + (0 if y is None else 1)
     n = _n_processes(n_jobs, C)
     out: list[_Block] = []
     if n == 1:
         for xb, yb in parts:
-            out.append(_seal_block(context, xb, yb, layout.baby, root))
+            out.append(_seal_block(context, xb, yb, layout.baby, layout.lanes, root))
             if progress is not None:
                 progress(per_block)
         return out
-    kind, key = (("secret", context.export_secret()) if isinstance(context, SecretContext)
-                 else ("public", context.serialize() if isinstance(context, PublicContext)
-                       else b""))
-    with ProcessPoolExecutor(max_workers=n, mp_context=_start_method(),
-                             initializer=_load_context, initargs=(kind, key)) as pool:
-        futures = [pool.submit(_seal_in_process, xb, yb, layout.baby, root) for xb, yb in parts]
+    method = _start_method()
+    init: Callable[..., None] = _inherit_context
+    args: tuple[object, ...] = (context, X, y)  # with fork, initargs are inherited, never pickled
+    if method.get_start_method() != "fork":
+        init, args = _load_context, (
+            ("secret", context.export_secret()) if isinstance(context, SecretContext)
+            else ("public", context.serialize() if isinstance(context, PublicContext) else b""))
+    with tempfile.TemporaryDirectory(prefix="cipherloop-spool-", dir=_spool_dir()) as spool, \
+            ProcessPoolExecutor(max_workers=n, mp_context=method, initializer=init,
+                                initargs=args) as pool:
+        forked = init is _inherit_context
+        futures = [pool.submit(_seal_in_process, None if forked else xb,
+                               None if forked else yb, slice(c * S, (c + 1) * S), layout.baby,
+                               layout.lanes, root, None if root is not None else spool)
+                   for c, (xb, yb) in enumerate(parts)]
         for fut in futures:
-            out.append(fut.result())
+            done = fut.result()
+            out.append(done.take() if isinstance(done, _Spooled) else done)
             if progress is not None:
                 progress(per_block)
     return out
@@ -138,7 +200,7 @@ def _seal_blocks(context: _ContextBase, X: np.ndarray, y: np.ndarray | None, lay
 
 def encrypt_batches(context: _ContextBase, X: object, y: object, *,
                     progress: Progress | None = None, n_jobs: int | None = None,
-                    n_classes: int = 2) -> tuple[CiphertextBatch, CiphertextBatch]:
+                    n_classes: int = 2, lanes: int = 1) -> tuple[CiphertextBatch, CiphertextBatch]:
     """Pack ``X`` in giant-step diagonals and ``y`` in sample blocks; encrypt to wire batches.
 
     With the owner's secret context the ciphertexts are seeded (half the
@@ -147,10 +209,11 @@ def encrypt_batches(context: _ContextBase, X: object, y: object, *,
     need no multiplicative depth and travel at a fraction of the size. With
     ``n_classes > 2`` labels are class indices ``0..n_classes-1`` (one value
     per sample, whatever ``K``; the enclave one-hots them). ``n_jobs``
-    processes encrypt blocks in parallel (``-1``: every core).
+    processes encrypt blocks in parallel (``-1``: every core). ``lanes`` sizes
+    the blocks to mini-batches (:meth:`Diagonals.lanes_for`; see :class:`Diagonals`).
     """
     Xa, ya = _as_xy(X, y, n_classes)
-    layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots)
+    layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots, lanes)
     blocks = _seal_blocks(context, Xa, ya, layout, n_jobs=n_jobs, store=None, progress=progress)
     ident = (context.params.digest(), context.key_id)
     feats = tuple(b for blk in blocks if isinstance(blk.features, tuple) for b in blk.features)
@@ -161,7 +224,7 @@ def encrypt_batches(context: _ContextBase, X: object, y: object, *,
 
 def encrypt_to_store(context: _ContextBase, X: object, y: object, store: BlobStore, *,
                      progress: Progress | None = None, n_jobs: int | None = None,
-                     n_classes: int = 2) -> StreamedDataset:
+                     n_classes: int = 2, lanes: int = 1) -> StreamedDataset:
     """Encrypt ``(X, y)`` straight into per-block blobs; the data set streams from ``store``.
 
     The pool's processes write their blocks themselves, so the caller never
@@ -169,7 +232,7 @@ def encrypt_to_store(context: _ContextBase, X: object, y: object, store: BlobSto
     set larger than memory for the estimator or a Ray engine.
     """
     Xa, ya = _as_xy(X, y, n_classes)
-    layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots)
+    layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots, lanes)
     blocks = _seal_blocks(context, Xa, ya, layout, n_jobs=n_jobs, store=store, progress=progress)
     manifest = write_manifest(context, store, layout, context.params.top_level,
                               [str(b.features) for b in blocks], [str(b.label) for b in blocks])
@@ -178,10 +241,10 @@ def encrypt_to_store(context: _ContextBase, X: object, y: object, store: BlobSto
 
 def encrypt_dataset(context: _ContextBase, X: object, y: object, *,
                     progress: Progress | None = None, n_jobs: int | None = None,
-                    n_classes: int = 2) -> EncryptedDataset:
+                    n_classes: int = 2, lanes: int = 1) -> EncryptedDataset:
     """:func:`encrypt_batches`, loaded as the host would load them."""
     features, labels = encrypt_batches(context, X, y, progress=progress, n_jobs=n_jobs,
-                                       n_classes=n_classes)
+                                       n_classes=n_classes, lanes=lanes)
     return EncryptedDataset.from_batches(context, features, labels)
 
 
@@ -193,13 +256,13 @@ def upload_body(context: _ContextBase, X: object, y: object, *,
                                            n_classes=n_classes))
 
 
-def encrypt_features(context: _ContextBase, X: object, *, n_jobs: int | None = None
-                     ) -> CiphertextBatch:
+def encrypt_features(context: _ContextBase, X: object, *, n_jobs: int | None = None,
+                     lanes: int = 1) -> CiphertextBatch:
     """Features alone, for encrypted inference (``n_jobs`` as :func:`encrypt_batches`)."""
     Xa = np.asarray(X, dtype=np.float64)
     if Xa.ndim != 2 or not np.all(np.isfinite(Xa)):
         raise ShapeError("X must be a finite 2-D array of shape (n_samples, n_features)")
-    layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots)
+    layout = Diagonals.plan(Xa.shape[0], Xa.shape[1], context.params.slots, lanes)
     blocks = _seal_blocks(context, Xa, None, layout, n_jobs=n_jobs, store=None, progress=None)
     items = tuple(b for blk in blocks if isinstance(blk.features, tuple) for b in blk.features)
     return CiphertextBatch(context.params.digest(), context.key_id, layout.describe(), items)
@@ -215,16 +278,17 @@ def decrypt_scores(context: SecretContext, scores: bytes) -> np.ndarray:
     n_classes, rest = divmod(len(batch.items), layout.n_blocks)
     if rest or n_classes < 1:
         raise ShapeError("scores must hold whole sets of sample blocks")
-    cts = batch.open(context)
-    cols = [layout.unpack([context.decrypt(c) for c in cts[k * layout.n_blocks:(k + 1) * layout.n_blocks]])
+    cts, C, n = batch.open(context), layout.n_blocks, layout.n_samples
+    # Scores are the host's products: with lanes, each sample's score is split over its lanes.
+    cols = [layout.fold(np.stack([context.decrypt(c) for c in cts[k * C:(k + 1) * C]]))[:n]
             for k in range(n_classes)]
     return cols[0] if n_classes == 1 else np.stack(cols, axis=1)
 
 
-def dataset_size(n_samples: int, n_features: int, slots: int) -> int:
+def dataset_size(n_samples: int, n_features: int, slots: int, lanes: int = 1) -> int:
     """Ciphertexts :func:`encrypt_dataset` makes (for progress bars)."""
-    layout = Diagonals.plan(n_samples, n_features, slots)
-    return layout.n_blocks * (layout.period + 1)
+    layout = Diagonals.plan(n_samples, n_features, slots, lanes)
+    return layout.n_blocks * (layout.per_block + 1)
 
 
 def encrypt_model(context: _ContextBase, coef: object, intercept: float | None = 0.0

@@ -24,7 +24,7 @@ from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..blobstore import BlobStore
-from ..ckks import PRESETS, SecretContext, preset, rotations_for_features
+from ..ckks import PRESETS, Diagonals, SecretContext, preset, rotations_for_features
 from ..learn import EnclaveClient, EnclaveProcess, RefineConfig, RefineStats, refine
 from ..learn.dataset import Dataset
 from ..learn.engine import Engine
@@ -88,8 +88,9 @@ class EnclaveSessionMixin:
         """
         jobs = getattr(self, "n_jobs", None)
         n_jobs = None if jobs is None else int(jobs)
+        lanes = self._lanes(key, X)
         if getattr(self, "engine", "local") == "local":
-            return encrypt_dataset(key, X, y, n_jobs=n_jobs, n_classes=n_classes), None
+            return encrypt_dataset(key, X, y, n_jobs=n_jobs, n_classes=n_classes, lanes=lanes), None
         from ..learn.ray_engine import RayEngine  # the optional extra, only when asked
 
         store: BlobStore | None = getattr(self, "_store", None)
@@ -101,7 +102,14 @@ class EnclaveSessionMixin:
         if engine is None:
             engine = self._engine = RayEngine(address=getattr(self, "ray_address", None)).connect()
             self._engine_closer = weakref.finalize(self, engine.close)
-        return encrypt_to_store(key, X, y, store, n_jobs=n_jobs, n_classes=n_classes), engine
+        return encrypt_to_store(key, X, y, store, n_jobs=n_jobs, n_classes=n_classes,
+                                lanes=lanes), engine
+
+    def _lanes(self, key: SecretContext, X: np.ndarray) -> int:
+        """Blocks sized to the mini-batch, so a step pays only for the samples it uses."""
+        batch = getattr(self, "batch_size", None)
+        return Diagonals.lanes_for(X.shape[0] if batch is None else min(int(batch), X.shape[0]),
+                                   X.shape[1], key.params.slots)
 
     def close(self) -> None:
         """Stop the private enclave process and Ray workers; remove the private block store."""
@@ -151,7 +159,9 @@ class EncryptedLogisticRegression(EnclaveSessionMixin, ClassifierMixin, BaseEsti
         The Ray cluster to join (``host:port``); ``None`` joins the one this
         process is connected to, or starts a local one.
     n_jobs : int or None, default=None
-        Processes that encrypt the data (``-1``: every core; ``None``: one).
+        Processes that encrypt the data and, with more than two classes,
+        share each step's classes (``-1``: every core; ``None``: one). The
+        results do not depend on it.
 
     Attributes
     ----------
@@ -243,7 +253,8 @@ class EncryptedLogisticRegression(EnclaveSessionMixin, ClassifierMixin, BaseEsti
                                                      fit_intercept=self.fit_intercept)))
         data, engine = self._compute(key, X, self._encode_labels(y), n_classes=k)
         config = RefineConfig(learning_rate=float(self.learning_rate), momentum=float(self.momentum),
-                              batch_size=self.batch_size, epochs=epochs)
+                              batch_size=self.batch_size, epochs=epochs,
+                              n_jobs=None if self.n_jobs is None else int(self.n_jobs))
         self.model_, stats = refine(self.model_, [data], config, context=key, enclave=client,
                                     engine=engine)
         self.stats_: RefineStats = stats

@@ -131,7 +131,7 @@ class EncryptedMLPClassifier(EnclaveSessionMixin, ClassifierMixin, BaseEstimator
                                     rng=np.random.default_rng(seed))
             self.model_: EncryptedNetwork = encrypt_network(key, plain)
         idx = np.searchsorted(self.classes_, y).astype(np.float64)
-        data = encrypt_dataset(key, X, idx, n_classes=k)
+        data = encrypt_dataset(key, X, idx, n_classes=k)  # one lane: see learn/mlp.py
         config = RefineConfig(learning_rate=float(self.learning_rate_init),
                               momentum=float(self.momentum), batch_size=self.batch_size, epochs=1)
         stats = RefineStats()

@@ -123,7 +123,7 @@ def check_features(context: Any, features: CiphertextBatch, *, n_features: int) 
         raise ShapeError("features must be in a diagonal layout for these parameters")
     if layout.n_features != n_features:
         raise ShapeError(f"expected {n_features} features, got {layout.n_features}")
-    expected = layout.n_blocks * layout.period
+    expected = layout.n_blocks * layout.per_block
     if len(features.items) != expected:
         raise ShapeError(f"expected {expected} feature ciphertexts, got {len(features.items)}")
     if _load_all(context, features) < 1:

@@ -101,7 +101,7 @@ def _count(layout: SampleBlocks | Replicated | Diagonals) -> int:
     if isinstance(layout, Replicated):
         return 1
     if isinstance(layout, Diagonals):
-        return layout.n_blocks * layout.period
+        return layout.n_blocks * layout.per_block
     return layout.n_blocks
 
 
@@ -120,6 +120,36 @@ def _product(entry: KeyEntry) -> Callable[[int], float]:
 
 def _all_levels(entry: KeyEntry, lowest: int = 0) -> range:
     return range(lowest, entry.context.params.top_level + 1)
+
+
+class _Window:
+    """The blocks a step sends and the samples ``[start, stop)`` of them it covers."""
+
+    def __init__(self, entry: KeyEntry, features: Any, first_block: int, count: int,
+                 start: int, stop: int) -> None:
+        diag = from_description(features) if isinstance(features, dict) else None
+        if not isinstance(diag, Diagonals) or diag.slots != entry.context.params.slots:
+            raise ShapeError("features must describe a diagonal layout for these parameters")
+        m = diag.block
+        if count < 1 or not (first_block >= 0 and first_block + count <= diag.n_blocks):
+            raise ShapeError("block range outside the layout")
+        lo, hi = first_block * m, min((first_block + count) * m, diag.n_samples)
+        if not (lo <= start < stop <= hi):
+            raise ShapeError("sample range outside the blocks sent")
+        self.diag, self.first_block, self.count = diag, first_block, count
+        self.start, self.stop = start, stop
+        idx = np.arange(lo, lo + count * m)
+        #: Per sample of the window's blocks (``count * block``): 1 inside ``[start, stop)``.
+        self.mask = ((idx >= start) & (idx < stop)).astype(np.float64)
+        #: The samples these blocks hold, numbered from the first block: layouts the
+        #: enclave emits for the host's next products are local to the window.
+        self.local = hi - lo
+
+    def samples(self) -> SampleBlocks:
+        return self.diag.samples
+
+    def local_layout(self, n_features: int) -> Diagonals:
+        return Diagonals.plan(self.local, n_features, self.diag.slots)
 
 
 def _check_holdout(entry: KeyEntry, features_raw: bytes, labels_raw: bytes, *, max_bytes: int
@@ -239,6 +269,40 @@ def _reveal(entry: KeyEntry, cts: Sequence[Ciphertext], low: float, high: float)
     return np.asarray(np.clip(np.nan_to_num(values, nan=0.0, posinf=high, neginf=low), low, high))
 
 
+def _reveal_samples(entry: KeyEntry, cts: Sequence[Ciphertext], layout: SampleBlocks,
+                    low: float, high: float, *, partial: bool) -> np.ndarray:
+    """Per-sample values of sample blocks, in ``[low, high]``: lane 0 of each block, or with
+    ``partial`` (logits the host computed lane by lane) the sum over the lanes.
+
+    Partial values are first bounded to ``±VALUE_BOUND`` (finite, so the sum
+    cannot overflow) and the sums are clipped: no decrypted value can fail.
+    """
+    if not partial:
+        return _reveal(entry, cts, low, high)[:, : layout.block].ravel()
+    parts = _reveal(entry, cts, -VALUE_BOUND, VALUE_BOUND)
+    return np.asarray(np.clip(layout.fold(parts), low, high))
+
+
+def _errors(entry: KeyEntry, values: np.ndarray, diag: Diagonals, first_block: int,
+            features: dict[str, Any], *, level: int) -> list[bytes]:
+    """Each column of ``values`` (one row per sample of the window's blocks) as errors in every
+    lane of its sample, pre-rotated per giant step of ``diag``.
+
+    Encoded at the scale of the prime the host's rescale drops, so ``X.T @ e``
+    lands exactly on the nominal scale.
+    """
+    m, scale = diag.block, float(entry.context.backend.prime(level))
+    layout = {"kind": "errors", "features": dict(features), "first_block": first_block}
+    rows = -(-values.shape[0] // m) * m
+    padded = np.zeros((rows, values.shape[1]))
+    padded[: values.shape[0]] = values
+    out = []
+    for col in padded.T:
+        blocks = [diag.samples.spread(b) for b in col.reshape(-1, m)]
+        out.append(_seal(entry, diag.errors_of(blocks), layout, level=level, scale=scale))
+    return out
+
+
 def _seal(entry: KeyEntry, arrays: Sequence[np.ndarray], layout: dict[str, Any], *,
           level: int, scale: float) -> bytes:
     ctx = entry.context
@@ -309,46 +373,33 @@ def logistic_error(
     """
     entry.check_open()
     policy = entry.policy
-    diag = from_description(features)
-    if not isinstance(diag, Diagonals) or diag.slots != entry.context.params.slots:
-        raise ShapeError("features must describe a diagonal layout for these parameters")
     if not (isinstance(learning_rate, float) and math.isfinite(learning_rate)
             and 0 < learning_rate <= policy.max_learning_rate):
         raise BadRequest("learning rate outside the policy's bounds")
     if level not in _all_levels(entry, 2 if intercept else 1):
         raise BadRequest("output level outside the range this operation encodes safely")
-    S = diag.slots
     z_batch, y_batch = _parse(z_raw, max_bytes=max_bytes), _parse(y_raw, max_bytes=max_bytes)
     count = len(z_batch.items)
     if count < 1 or len(y_batch.items) != count:
         raise ShapeError("logits and labels need the same, non-zero number of blocks")
-    if not (first_block >= 0 and first_block + count <= diag.n_blocks):
-        raise ShapeError("block range outside the layout")
-    lo, hi = first_block * S, min((first_block + count) * S, diag.n_samples)
-    if not (lo <= start < stop <= hi):
-        raise ShapeError("sample range outside the blocks sent")
+    window = _Window(entry, features, first_block, count, start, stop)
     y_layout, y_cts = _load(entry, y_batch, SampleBlocks, count=count, levels=_all_levels(entry),
                             scale=_nominal(entry))
     z_layout, z_cts = _load(entry, z_batch, SampleBlocks, count=count, levels=_all_levels(entry),
                             scale=_product(entry))
-    if z_layout != diag.samples or y_layout != diag.samples:
+    samples = window.samples()
+    if z_layout != samples or y_layout != samples:
         raise ShapeError("logits and labels must be sample blocks of the feature layout")
-    prime = float(entry.context.backend.prime(level))
-    idx = np.arange(lo, lo + count * S)
-    mask = ((idx >= start) & (idx < stop)).astype(np.float64)
     step = learning_rate / (stop - start)
 
     with _after_decryption(entry):
-        z = _reveal(entry, z_cts, -policy.clip, policy.clip).ravel()
-        y = _reveal(entry, y_cts, 0.0, 1.0).ravel()
-        e = (1.0 / (1.0 + np.exp(-z)) - y) * mask * step
-        blocks = e.reshape(count, S)
-        arrays = [np.roll(blk, diag.baby * b2) for blk in blocks for b2 in range(diag.giant)]
-        layout = {"kind": "errors", "features": dict(features), "first_block": first_block}
-        e_out = _seal(entry, arrays, layout, level=level, scale=prime)
+        z = _reveal_samples(entry, z_cts, samples, -policy.clip, policy.clip, partial=True)
+        y = _reveal_samples(entry, y_cts, samples, 0.0, 1.0, partial=False)
+        e = (1.0 / (1.0 + np.exp(-z)) - y) * window.mask * step
+        (e_out,) = _errors(entry, e[:, None], window.diag, first_block, features, level=level)
         sum_out = None
         if intercept:
-            rep = Replicated(1, 1, S)
+            rep = Replicated(1, 1, samples.slots)
             sum_out = _seal(entry, [rep.pack(float(e.sum()))], rep.describe(), level=level - 1,
                             scale=entry.context.params.scale)
     return e_out, sum_out

@@ -31,19 +31,20 @@ from typing import Any
 import numpy as np
 
 from ..ckks import Ciphertext, CiphertextBatch, Diagonals, Replicated, SampleBlocks
-from ..ckks.layout import from_description
 from ..errors import BadRequest, ShapeError
 from .activations import ACTIVATIONS, activation, activation_derivative
 from .api import (
     VALUE_BOUND,
     _after_decryption,
     _all_levels,
+    _errors,
     _load,
     _nominal,
     _parse,
     _product,
-    _reveal,
+    _reveal_samples,
     _seal,
+    _Window,
 )
 from .keystore import KeyEntry
 
@@ -64,35 +65,6 @@ def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------- before decryption
-class _Window:
-    """The blocks a step sends and the samples ``[start, stop)`` of them it covers."""
-
-    def __init__(self, entry: KeyEntry, features: Any, first_block: int, count: int,
-                 start: int, stop: int) -> None:
-        diag = from_description(features) if isinstance(features, dict) else None
-        if not isinstance(diag, Diagonals) or diag.slots != entry.context.params.slots:
-            raise ShapeError("features must describe a diagonal layout for these parameters")
-        S = diag.slots
-        if count < 1 or not (first_block >= 0 and first_block + count <= diag.n_blocks):
-            raise ShapeError("block range outside the layout")
-        lo, hi = first_block * S, min((first_block + count) * S, diag.n_samples)
-        if not (lo <= start < stop <= hi):
-            raise ShapeError("sample range outside the blocks sent")
-        self.diag, self.first_block, self.count = diag, first_block, count
-        self.start, self.stop = start, stop
-        idx = np.arange(lo, lo + count * S)
-        self.mask = ((idx >= start) & (idx < stop)).astype(np.float64)
-        #: The samples these blocks hold, numbered from the first block: layouts the
-        #: enclave emits for the host's next products are local to the window.
-        self.local = hi - lo
-
-    def samples(self) -> SampleBlocks:
-        return SampleBlocks(self.diag.n_samples, self.diag.slots)
-
-    def local_layout(self, n_features: int) -> Diagonals:
-        return Diagonals.plan(self.local, n_features, self.diag.slots)
-
-
 def _units(raws: Any, name: str, limit: int) -> list[bytes]:
     if not isinstance(raws, list | tuple) or not 1 <= len(raws) <= limit or \
             not all(isinstance(r, bytes) for r in raws):
@@ -135,27 +107,12 @@ def _out_level(entry: KeyEntry, level: int, intercept: bool) -> int:
 
 
 # -------------------------------------------------------------- after decryption
-def _columns(entry: KeyEntry, units: Sequence[Sequence[Ciphertext]], low: float, high: float
-             ) -> np.ndarray:
-    """Decrypt and sanitise per-unit sample blocks into an ``(count * slots, units)`` matrix."""
-    return np.stack([_reveal(entry, cts, low, high).ravel() for cts in units], axis=1)
-
-
-def _as_errors(entry: KeyEntry, values: np.ndarray, diag: Diagonals, first_block: int,
-               features: dict[str, Any], *, level: int) -> list[bytes]:
-    """Each column of ``values`` as errors pre-rotated per giant step of ``diag``.
-
-    Encoded at the scale of the prime the host's rescale drops, so ``X.T @ e``
-    lands exactly on the nominal scale.
-    """
-    S, scale = diag.slots, float(entry.context.backend.prime(level))
-    layout = {"kind": "errors", "features": dict(features), "first_block": first_block}
-    out = []
-    for col in values.T:
-        blocks = col.reshape(-1, S)
-        arrays = [np.roll(blk, diag.baby * b2) for blk in blocks for b2 in range(diag.giant)]
-        out.append(_seal(entry, arrays, layout, level=level, scale=scale))
-    return out
+def _columns(entry: KeyEntry, units: Sequence[Sequence[Ciphertext]], window: _Window,
+             low: float, high: float) -> np.ndarray:
+    """Per-unit products (summed over lanes), sanitised: a ``(count * block, units)`` matrix."""
+    samples = window.samples()
+    return np.stack([_reveal_samples(entry, cts, samples, low, high, partial=True)
+                     for cts in units], axis=1)
 
 
 def _as_features(entry: KeyEntry, values: np.ndarray, layout: Diagonals) -> bytes:
@@ -211,10 +168,10 @@ def softmax_error(entry: KeyEntry, z_raws: Sequence[bytes], y_raw: bytes, *,
     K, clip = len(raws), entry.policy.clip
 
     with _after_decryption(entry):
-        z = _columns(entry, z_units, -clip, clip)
-        y = _reveal(entry, y_cts, 0.0, float(K - 1)).ravel()
+        z = _columns(entry, z_units, window, -clip, clip)
+        y = _reveal_samples(entry, y_cts, window.samples(), 0.0, float(K - 1), partial=False)
         e = (softmax(z) - one_hot(y, K)) * (window.mask * step)[:, None]
-        e_out = _as_errors(entry, e, window.diag, first_block, features, level=level)
+        e_out = _errors(entry, e, window.diag, first_block, features, level=level)
         sums = _sums(entry, e, level=level - 1) if intercept else None
         e_diag = _as_features(entry, e, window.local_layout(K)) if transposed else None
     return e_out, sums, e_diag
@@ -248,10 +205,10 @@ def mlp_hidden(entry: KeyEntry, z_raws: Sequence[bytes], *, features: dict[str, 
     e_layout = window.local_layout(n_classes)
 
     with _after_decryption(entry):
-        z = _columns(entry, z_units, -clip, clip)
+        z = _columns(entry, z_units, window, -clip, clip)
         a = activation(act, z) * window.mask[:, None]
         a_diag = _as_features(entry, a, window.local_layout(len(raws)))
-        a_err = _as_errors(entry, a, e_layout, 0, e_layout.describe(), level=top)
+        a_err = _errors(entry, a, e_layout, 0, e_layout.describe(), level=top)
     return a_diag, a_err
 
 
@@ -285,9 +242,9 @@ def mlp_backward(entry: KeyEntry, p_raws: Sequence[bytes], z_raws: Sequence[byte
     clip = entry.policy.clip
 
     with _after_decryption(entry):
-        p = _columns(entry, p_units, -VALUE_BOUND, VALUE_BOUND)
-        z = _columns(entry, z_units, -clip, clip)
+        p = _columns(entry, p_units, window, -VALUE_BOUND, VALUE_BOUND)
+        z = _columns(entry, z_units, window, -clip, clip)
         delta = p * activation_derivative(act, z) * window.mask[:, None]
-        d_out = _as_errors(entry, delta, window.diag, first_block, features, level=level)
+        d_out = _errors(entry, delta, window.diag, first_block, features, level=level)
         sums = _sums(entry, delta, level=level - 1) if intercept else None
     return d_out, sums

@@ -3,7 +3,7 @@
 Runs in: host (the round worker, the engines and their Ray workers) and owner
 (whose encryption writes blocks straight into a store). A data set of
 ``n`` samples is ``ceil(n / slots)`` blocks; block ``c`` is one blob of its
-``period`` feature ciphertexts (giant-step diagonals, ``Diagonals.index``
+``per_block`` feature ciphertexts (giant-step diagonals, ``Diagonals.index``
 order with block 0) and one blob of its label ciphertext, both named by
 their SHA-256 in a :class:`~cipherloop.blobstore.BlobStore`. A *manifest*
 blob lists them with the layout and the features' lowest level.
@@ -66,7 +66,7 @@ class Dataset(Protocol):
     def n_features(self) -> int: ...
 
     def block(self, c: int) -> Sequence[Ciphertext]:
-        """Block ``c``'s ``period`` feature ciphertexts, block-local order."""
+        """Block ``c``'s ``per_block`` feature ciphertexts, block-local order."""
         ...
 
     def block_key(self, c: int) -> str | None:
@@ -198,7 +198,7 @@ def store_blocks(context: _ContextBase, store: BlobStore, features: CiphertextBa
         raise ShapeError("features must be in a diagonal layout for these parameters")
     if from_description(labels.layout) != layout.samples:
         raise ShapeError("labels must be sample blocks matching the features' samples")
-    P, C = layout.period, layout.n_blocks
+    P, C = layout.per_block, layout.n_blocks
     if len(features.items) != C * P or len(labels.items) != C:
         raise InvalidCiphertext("ciphertext counts do not match the layout")
     level, f_names, y_names = None, [], []
@@ -295,7 +295,7 @@ class StreamedDataset:
 
     def block(self, c: int) -> list[Ciphertext]:
         return load_block(self.context, self.store, self.feature_blocks[c],
-                          count=self.layout.period)
+                          count=self.layout.per_block)
 
     def block_key(self, c: int) -> str:
         return self.feature_blocks[c]
@@ -303,7 +303,7 @@ class StreamedDataset:
     def block_nbytes(self) -> int:
         """Memory one loaded block of feature ciphertexts takes (two polynomials per level)."""
         p = self.context.params
-        return self.layout.period * 2 * p.poly_modulus_degree * (self.level + 1) * 8
+        return self.layout.per_block * 2 * p.poly_modulus_degree * (self.level + 1) * 8
 
     def describe(self) -> dict[str, Any]:
         """What a worker needs to read this data set itself: store, layout and blob names."""

@@ -14,8 +14,10 @@ blocks live and who multiplies them:
 Both compute every block's products the same way and add them up exactly
 (modular additions), so on the same ciphertexts they return identical
 ciphertexts. (A two-process block-sharded engine was measured on the 2-core
-machine and was no faster: the enclave process already keeps the second core
-busy.)
+machine and was no faster for binary steps: the enclave process already keeps
+the second core busy. Multiclass steps, whose ``K`` classes leave the enclave
+idle most of a step, share their classes over forked processes instead:
+:mod:`.fanout`.)
 """
 
 from __future__ import annotations

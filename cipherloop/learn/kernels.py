@@ -4,16 +4,18 @@ Runs in: host. Pure functions: ciphertexts in, ciphertexts out.
 
 Packing (see ``ckks/layout.py``): features in generalised diagonals
 pre-rotated by giant steps, the model replicated with period ``P`` (features
-padded to a power of two), labels/logits/errors one per slot. With ``C``
-blocks of ``slots`` samples, ``P`` padded features and ``B`` baby steps
-(``G = P / B`` giant steps), one mini-batch over all blocks costs:
+padded to a power of two), labels/logits/errors one per slot (with ``L``
+lanes, one per slot of each lane: see ``Diagonals``). With ``C`` blocks of
+``slots / L`` samples, ``P`` padded features, ``J = P / L`` diagonals per
+block and ``B`` baby steps (``G = J / B`` giant steps), one mini-batch over
+its blocks costs:
 
 ============================  ==============  ==========================  ========
 step                          ct x ct mults   rotations                   relins
 ============================  ==============  ==========================  ========
-z = X @ w  (host)             C * P           (B - 1) + C * (G - 1)        C * G
+z = X @ w  (host)             C * J           (B - 1) + C * (G - 1)        C * G
 e = error step (enclave)      --              --  (C*G encryptions out)     --
-g = X.T @ e  (host)           C * P           (B - 1) + log2(slots / P)    B
+g = X.T @ e  (host)           C * J           (B - 1) + log2(slots / P)    B
 ============================  ==============  ==========================  ========
 
 plus two enclave round trips per step (the error step; a refresh when the
@@ -56,10 +58,16 @@ def logits_block(features: Sequence[Ciphertext], w_rot: Sequence[Ciphertext],
     return acc + bias if bias is not None else acc
 
 
-def bias_term(intercept: Ciphertext, w_level: int, product_scale: float) -> Ciphertext:
-    """The intercept moved to the level and exact scale of ``X @ w``'s blocks."""
+def bias_term(intercept: Ciphertext, w_level: int, product_scale: float,
+              lanes: int = 1) -> Ciphertext:
+    """The intercept moved to the level and exact scale of ``X @ w``'s blocks.
+
+    With ``lanes`` the replicated intercept lands in every lane of a sample,
+    whose lanes the enclave sums: each lane gets ``1 / lanes`` of it, folded
+    into the plaintext product that moves the scale anyway.
+    """
     b = intercept.at_level(w_level)
-    return b.times(1.0, scale=product_scale / b.scale * b.next_prime)
+    return b.times(1.0 / lanes, scale=product_scale / b.scale * b.next_prime)
 
 
 def logits(features: Sequence[Ciphertext], w: Ciphertext, layout: Diagonals,
@@ -80,7 +88,7 @@ def model_terms(w: Ciphertext, intercept: Ciphertext | None, layout: Diagonals,
     bias = None
     if intercept is not None:
         # Product scale: features * w, divided by the prime the rescale drops.
-        bias = bias_term(intercept, w.level, feature_scale * w.scale / w.next_prime)
+        bias = bias_term(intercept, w.level, feature_scale * w.scale / w.next_prime, layout.lanes)
     return rotated_model(w, layout), bias
 
 
@@ -121,7 +129,7 @@ def gradient_partial(features: Sequence[Ciphertext], errors: Sequence[Ciphertext
     ``errors[i * giant + b2]`` belongs to ``blocks[i]``. Partials of disjoint
     block sets add up; :func:`fold_replicas` finishes the sum.
     """
-    P, G = layout.period, layout.giant
+    P, G = layout.per_block, layout.giant
     terms: list[Ciphertext] | None = None
     for i, c in enumerate(blocks):
         t = gradient_terms(features[c * P:(c + 1) * P], errors[i * G:(i + 1) * G], layout)

@@ -26,6 +26,7 @@ from ..ckks.context import _ContextBase
 from .dataset import Dataset
 from .enclave_client import EnclaveClient
 from .engine import Engine, LocalEngine
+from .fanout import ClassRunner, SerialClasses
 from .model import EncryptedDataset, EncryptedModel
 from .network import EncryptedNetwork
 
@@ -35,12 +36,16 @@ class RefineConfig:
     """Hyperparameters of one refinement (wire-safe scalars only).
 
     ``batch_size=None`` means full-batch gradient descent over each data set.
+    ``n_jobs`` processes share a multiclass step's classes (scikit-learn's
+    convention: ``None`` is one, ``-1`` every core; see :mod:`.fanout`); it
+    changes where products run, never their results.
     """
 
     learning_rate: float = 1.0
     momentum: float = 0.9
     batch_size: int | None = None
     epochs: int = 1
+    n_jobs: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.learning_rate < 1e3:
@@ -115,10 +120,11 @@ class _Session:
     """The pieces every step needs: context, enclave, engine, key id and the running stats."""
 
     def __init__(self, context: _ContextBase, enclave: EnclaveClient, stats: RefineStats,
-                 engine: Engine | None = None) -> None:
+                 engine: Engine | None = None, classes: ClassRunner | None = None) -> None:
         self.context = context
         self.enclave = enclave
         self.engine = engine if engine is not None else LocalEngine(context)
+        self.classes = classes if classes is not None else SerialClasses(context)
         self.key_id = context.key_id
         self.stats = stats
 
@@ -166,8 +172,8 @@ def _lookahead(model: EncryptedModel, momentum: float) -> tuple[Ciphertext, Ciph
 def _step(model: EncryptedModel, data: Dataset, start: int, stop: int,
           config: RefineConfig, session: _Session) -> EncryptedModel:
     layout = data.layout
-    S = layout.slots
-    c0, c1 = start // S, (stop - 1) // S + 1
+    m = layout.block
+    c0, c1 = start // m, (stop - 1) // m + 1
     blocks = list(range(c0, c1))
     u_w, u_b = _lookahead(model, config.momentum)
 

@@ -21,6 +21,7 @@ from . import mlp, softmax
 from .dataset import Dataset
 from .enclave_client import EnclaveClient
 from .engine import Engine
+from .fanout import class_runner
 from .logistic import (
     LevelPlanner,
     RefineConfig,
@@ -79,20 +80,25 @@ def refine(
         _check(model, data)
     kind_step = _kind_step(model)
     stats = RefineStats()
-    session = _Session(context, enclave, stats, engine)
+    multiclass = isinstance(model, EncryptedNetwork) and model.kind == "softmax"
+    classes = class_runner(context, datasets, config.n_jobs if multiclass else None)
+    session = _Session(context, enclave, stats, engine, classes)
     planner = LevelPlanner(config.momentum)
     plan = [(d, s, e) for d in datasets for s, e in minibatches(d.n_samples, config.batch_size)]
     total = len(plan) * config.epochs
     backend_counts = context.backend.counts
     before = Counter(backend_counts)
     t0 = time.perf_counter()
-    for _ in range(config.epochs):
-        for data, start, stop in plan:
-            if planner.needs_refresh(model):
-                model = refresh_model(model, session)
-            model = kind_step(model, data, start, stop, config, session)  # type: ignore[assignment]
-            if on_step is not None:
-                on_step(stats.steps, total)
+    try:
+        for _ in range(config.epochs):
+            for data, start, stop in plan:
+                if planner.needs_refresh(model):
+                    model = refresh_model(model, session)
+                model = kind_step(model, data, start, stop, config, session)  # type: ignore[assignment]
+                if on_step is not None:
+                    on_step(stats.steps, total)
+    finally:
+        classes.close()
     stats.seconds = time.perf_counter() - t0
     stats.ops = backend_counts - before
     return model, stats

@@ -40,10 +40,11 @@ from ..ckks.context import _ContextBase
 from ..ckks.layout import from_description
 from ..errors import EnclaveUnavailable, ShapeError
 from .enclave_client import EnclaveClient
+from .fanout import class_gradients, class_products, window_features
 from .logistic import LevelPlanner, RefineConfig, RefineStats, _Session, refresh_model
 from .model import EncryptedDataset
 from .network import EncryptedNetwork
-from .softmax import gradients, lookahead, products, scalars, window, window_features
+from .softmax import lookahead, scalars, window
 
 
 def _diagonals(session: _Session, raw: bytes) -> tuple[Diagonals, list[Ciphertext]]:
@@ -51,16 +52,20 @@ def _diagonals(session: _Session, raw: bytes) -> tuple[Diagonals, list[Ciphertex
     layout = from_description(batch.layout)
     if not isinstance(layout, Diagonals):
         raise ShapeError("the enclave returned features in an unexpected layout")
-    return layout, batch.open(session.context, count=layout.n_blocks * layout.period)
+    return layout, batch.open(session.context, count=layout.n_blocks * layout.per_block)
 
 
 def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
          config: RefineConfig, session: _Session) -> EncryptedNetwork:
     """One mini-batch step of the MLP (module docstring)."""
     lx = data.layout
+    if lx.lanes != 1:
+        # The hidden layer's layout holds the window's samples one per slot; labels in
+        # lanes would need the enclave to move them between layouts (not built).
+        raise ShapeError("the MLP refines data in one lane (encrypt with lanes=1)")
     blocks = window(lx, start, stop)
     c0 = blocks[0]
-    lo = c0 * lx.slots
+    lo = c0 * lx.block
     K, act = model.n_classes, model.activation
     u = lookahead(model, config.momentum)
     b1, b2 = u.get("intercept1"), u.get("intercept2")
@@ -68,14 +73,13 @@ def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
     samples = lx.samples.describe()
     common = {"features": lx.describe(), "first_block": c0, "start": start, "stop": stop}
 
-    feats, local_x = window_features(data, blocks), list(range(len(blocks)))
-    z1 = products(feats, lx, u["coef1"], b1, local_x)
+    feats = window_features(data, blocks)
+    z1 = class_products(feats, lx, u["coef1"], b1, len(blocks))
     z1_raw = [session.batch(z, samples) for z in z1]
     a_raw, a_err = session.enclave_call(enclave.mlp_hidden, key, z=z1_raw, activation=act,
                                         n_classes=K, **common)
     la, a = _diagonals(session, a_raw)
-    local = list(range(la.n_blocks))
-    z2 = products(a, la, u["coef2"], b2, local)
+    z2 = class_products(a, la, u["coef2"], b2, la.n_blocks)
     la_samples = la.samples.describe()
     e_raws, s2_raw, e_diag = session.enclave_call(
         enclave.softmax_error, key, z=[session.batch(z, la_samples) for z in z2],
@@ -85,13 +89,13 @@ def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
         transposed=True)
     assert e_diag is not None
     le, e = _diagonals(session, e_diag)
-    g2 = gradients(session, a, la, e_raws, local)
-    g2t = gradients(session, e, le, a_err, local)
-    p = products(e, le, u["coef2t"], None, local)
+    g2 = class_gradients(session.context, a, la, e_raws, la.n_blocks)
+    g2t = class_gradients(session.context, e, le, a_err, le.n_blocks)
+    p = class_products(e, le, u["coef2t"], None, le.n_blocks)
     d_raws, s1_raw = session.enclave_call(
         enclave.mlp_backward, key, p=[session.batch(x, samples) for x in p], z=z1_raw,
         activation=act, level=data.level, intercept=b1 is not None, **common)
-    g1 = gradients(session, feats, lx, d_raws, local_x)
+    g1 = class_gradients(session.context, feats, lx, d_raws, len(blocks))
 
     new = {"coef1": [w - g for w, g in zip(u["coef1"], g1, strict=True)],
            "coef2": [w - g for w, g in zip(u["coef2"], g2, strict=True)],
@@ -113,22 +117,24 @@ def scores(model: EncryptedNetwork, features: Sequence[Ciphertext], layout: Diag
     """
     if model.n_features != layout.n_features:
         raise ShapeError("features and model disagree on the number of features")
-    blocks = list(range(layout.n_blocks))
     planner = LevelPlanner(0.0)
     if model.kind == "softmax" and not planner.needs_refresh(model):
-        return products(features, layout, model.groups["coef"], model.group("intercept"), blocks)
+        return class_products(features, layout, model.groups["coef"], model.group("intercept"),
+                              layout.n_blocks)
     if enclave is None:
         raise EnclaveUnavailable("this model needs the enclave for inference")
     session = _Session(context, enclave, RefineStats())
     if planner.needs_refresh(model):
         model = refresh_model(model, session)
     if model.kind == "softmax":
-        return products(features, layout, model.groups["coef"], model.group("intercept"), blocks)
-    z1 = products(features, layout, model.groups["coef1"], model.group("intercept1"), blocks)
+        return class_products(features, layout, model.groups["coef"], model.group("intercept"),
+                              layout.n_blocks)
+    z1 = class_products(features, layout, model.groups["coef1"], model.group("intercept1"),
+                        layout.n_blocks)
     a_raw, _ = session.enclave_call(
         enclave.mlp_hidden, context.key_id,
         z=[session.batch(z, layout.samples.describe()) for z in z1],
         features=layout.describe(), first_block=0, start=0, stop=layout.n_samples,
         activation=model.activation, n_classes=model.n_classes)
     la, a = _diagonals(session, a_raw)
-    return products(a, la, model.groups["coef2"], model.group("intercept2"), blocks)
+    return class_products(a, la, model.groups["coef2"], model.group("intercept2"), la.n_blocks)

@@ -27,7 +27,7 @@ class EncryptedDataset:
     labels: tuple[Ciphertext, ...]
 
     def __post_init__(self) -> None:
-        if len(self.features) != self.layout.n_blocks * self.layout.period:
+        if len(self.features) != self.layout.n_blocks * self.layout.per_block:
             raise ShapeError("feature ciphertext count does not match the layout")
         if len(self.labels) != self.layout.n_blocks:
             raise ShapeError("label ciphertext count does not match the layout")
@@ -46,7 +46,7 @@ class EncryptedDataset:
 
     def block(self, c: int) -> tuple[Ciphertext, ...]:
         """Block ``c``'s feature ciphertexts (see :class:`.dataset.Dataset`)."""
-        P = self.layout.period
+        P = self.layout.per_block
         return self.features[c * P:(c + 1) * P]
 
     def block_key(self, c: int) -> None:
@@ -69,7 +69,7 @@ class EncryptedDataset:
             raise ShapeError("features must be in a diagonal layout for these parameters")
         if label_layout != layout.samples:
             raise ShapeError("labels must be sample blocks matching the features' samples")
-        n_feat = layout.n_blocks * layout.period
+        n_feat = layout.n_blocks * layout.per_block
         f = features.open(context, count=n_feat)
         y = labels.open(context, count=layout.n_blocks)
         if min(c.level for c in f) < 1:

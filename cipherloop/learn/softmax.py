@@ -15,31 +15,38 @@ ciphertext (``K * P <= slots``) saves no multiplication -- the features would
 have to be replicated ``K`` times to meet them, so the data (and the upload)
 grow ``K``-fold for the same count of slot products -- and the rotations that
 line weights up with diagonals would cross the class lanes, which costs a
-masking multiplication (a level) per baby step. With ``C`` blocks of the
-mini-batch, ``P`` padded features, ``B`` baby and ``G`` giant steps, one step
-costs (asserted exactly in ``tests/test_multiclass.py``):
+masking multiplication (a level) per baby step.
+
+Packing of mini-batches: blocks are sized to the mini-batch with **lanes**
+(:class:`~cipherloop.ckks.layout.Diagonals`): ``L`` lanes make a block of
+``slots / L`` samples with ``J = P / L`` diagonals, every slot still busy,
+so a step over ``m`` samples costs about ``m * P / slots`` products per
+class instead of ``P`` (the HETAL shape, 1,024 x 768 -> 1,024 padded, 10
+classes on 4,096 slots: ``L = 4``, 2,560 products per direction instead of
+10,240). The enclave sums each sample's lanes after decrypting and writes
+each error into every lane of its sample, so the host's kernels are the
+ones of one lane. With ``C`` blocks of the mini-batch, ``J`` diagonals per
+block, ``B`` baby and ``G = J / B`` giant steps, one step costs (asserted
+exactly in ``tests/test_multiclass.py``):
 
 ===========================  ===============  ===================================  ==========
 step                         ct x ct mults    rotations                            relins
 ===========================  ===============  ===================================  ==========
-Z = X @ U   (host)           K * C * P        K * ((B - 1) + C * (G - 1))          K * C * G
+Z = X @ U   (host)           K * C * J        K * ((B - 1) + C * (G - 1))          K * C * G
 E = softmax error (enclave)  --               --  (K * C * G encryptions out)      --
-G = X.T @ E (host)           K * C * P        K * ((B - 1) + log2(slots / P))      K * B
+G = X.T @ E (host)           K * C * J        K * ((B - 1) + log2(slots / P))      K * B
 ===========================  ===============  ===================================  ==========
 
 plus ``K`` plaintext products (one per intercept, moving it to the logits'
 scale), ``K`` more with momentum (``momentum * v``) per group, and one
-enclave call. A mini-batch smaller than a block pays only for the blocks it
-touches: the host skips every other block and the enclave masks the
-samples of its blocks outside ``[start, stop)``.
+enclave call. A step computes only on the blocks ``[start, stop)`` touches;
+the enclave masks the samples of those blocks outside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from ..ckks import Ciphertext, CiphertextBatch, Diagonals
-from . import kernels
+from .fanout import window_features
 from .logistic import RefineConfig, _Session
 from .model import EncryptedDataset
 from .network import VELOCITY, EncryptedNetwork
@@ -61,40 +68,8 @@ def lookahead(model: EncryptedNetwork, momentum: float) -> dict[str, list[Cipher
 
 def window(layout: Diagonals, start: int, stop: int) -> list[int]:
     """The blocks samples ``[start, stop)`` touch: the only ones a step computes on."""
-    S = layout.slots
-    return list(range(start // S, (stop - 1) // S + 1))
-
-
-def window_features(data: EncryptedDataset, blocks: Sequence[int]) -> list[Ciphertext]:
-    """The feature ciphertexts of ``blocks`` only, in block-local order (block ``i`` of the
-    window at ``layout.index(i, b1, b2)``): a step reads nothing outside its window.
-
-    Uses a data set's ``block(c)`` where it has one (a data set streamed block by block).
-    """
-    block = getattr(data, "block", None)
-    if callable(block):
-        return [ct for c in blocks for ct in block(c)]
-    P = data.layout.period
-    return [ct for c in blocks for ct in data.features[c * P:(c + 1) * P]]
-
-
-def products(features: Sequence[Ciphertext], layout: Diagonals, weights: Sequence[Ciphertext],
-             intercepts: Sequence[Ciphertext] | None, blocks: Sequence[int]
-             ) -> list[list[Ciphertext]]:
-    """``X @ w_k + b_k`` for each weight vector, reusing the same feature diagonals."""
-    bias: Sequence[Ciphertext | None] = intercepts if intercepts is not None else [None] * len(weights)
-    return [kernels.logits(features, w, layout, blocks, b) for w, b in zip(weights, bias, strict=True)]
-
-
-def gradients(session: _Session, features: Sequence[Ciphertext], layout: Diagonals,
-              errors: Sequence[bytes], blocks: Sequence[int]) -> list[Ciphertext]:
-    """``X.T @ e_k`` for each error batch the enclave returned (pre-rotated for ``layout``)."""
-    out = []
-    for raw in errors:
-        e = CiphertextBatch.from_bytes(raw).open(session.context, count=len(blocks) * layout.giant)
-        out.append(kernels.fold_replicas(kernels.gradient_partial(features, e, layout, blocks),
-                                         layout))
-    return out
+    m = layout.block
+    return list(range(start // m, (stop - 1) // m + 1))
 
 
 def scalars(session: _Session, raw: bytes | None, count: int) -> list[Ciphertext]:
@@ -111,8 +86,8 @@ def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
     c0 = blocks[0]
     u = lookahead(model, config.momentum)
     intercepts = u.get("intercept")
-    feats, local = window_features(data, blocks), list(range(len(blocks)))
-    z = products(feats, layout, u["coef"], intercepts, local)
+    feats = window_features(data, blocks)
+    z = session.classes.products(data, blocks, feats, u["coef"], intercepts)
     samples = layout.samples.describe()
     e_raws, s_raw, _ = session.enclave_call(
         session.enclave.softmax_error, session.key_id,
@@ -121,7 +96,7 @@ def step(model: EncryptedNetwork, data: EncryptedDataset, start: int, stop: int,
         features=layout.describe(), first_block=c0, start=start, stop=stop,
         learning_rate=config.learning_rate, level=data.level, intercept=intercepts is not None,
     )
-    g = gradients(session, feats, layout, e_raws, local)
+    g = session.classes.gradients(data, blocks, feats, e_raws)
     new = {"coef": [w - gk for w, gk in zip(u["coef"], g, strict=True)]}
     if intercepts is not None:
         s = scalars(session, s_raw, len(intercepts))

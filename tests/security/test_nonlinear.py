@@ -23,6 +23,7 @@ SLOTS = 4096
 SECRETS = (0.25, 3.0e9)
 DIAG = Diagonals.plan(40, 4, SLOTS)
 SAMPLES = DIAG.samples.describe()
+LANES = Diagonals.plan(40, 4, SLOTS, 4)  # 4 lanes of 1,024 samples, one diagonal each
 Attack = Callable[[World, Ciphertext], dict[str, Any]]
 OPS = ("softmax_error", "mlp_hidden", "mlp_backward")
 
@@ -50,8 +51,10 @@ def _product(ct: Ciphertext, factor: float, host: PublicContext) -> Ciphertext:
 
 
 def _call(w: World, op: str, units: list[Ciphertext], *, y: Ciphertext | None = None,
-          p: list[Ciphertext] | None = None, **extra: Any) -> dict[str, Any]:
-    common = {"features": DIAG.describe(), "first_block": 0, "start": 0, "stop": 40}
+          p: list[Ciphertext] | None = None, layout: Diagonals = DIAG, **extra: Any
+          ) -> dict[str, Any]:
+    common = {"features": layout.describe(), "first_block": 0, "start": 0, "stop": 40}
+    SAMPLES = layout.samples.describe()
     z = [batch(w_host(w), [u], SAMPLES) for u in units]
     if op == "softmax_error":
         assert y is not None
@@ -81,7 +84,7 @@ def hworlds(worlds: tuple[World, World], host: PublicContext) -> tuple[World, Wo
 
 
 def _attack(op: str, host: PublicContext, make: Callable[[Ciphertext], Ciphertext],
-            where: str = "z", **extra: Any) -> Attack:
+            where: str = "z", layout: Diagonals = DIAG, **extra: Any) -> Attack:
     """An attack that puts the host-built ciphertext ``make(secret)`` into one input of ``op``."""
     def attack(w: World, ct: Ciphertext) -> dict[str, Any]:
         built = make(ct)
@@ -94,7 +97,7 @@ def _attack(op: str, host: PublicContext, make: Callable[[Ciphertext], Ciphertex
             y = built
         else:
             p[1] = built
-        return _call(w, op, units, y=y, p=p, **extra)
+        return _call(w, op, units, y=y, p=p, layout=layout, **extra)
     return attack
 
 
@@ -196,6 +199,38 @@ def test_host_built_values_succeed_alike(hworlds: tuple[World, World], host: Pub
                           "delta_sum": ("batch", 3, "replicated")}
 
 
+@pytest.mark.parametrize("where", ["z", "y"])
+def test_host_built_values_in_lanes_succeed_alike(hworlds: tuple[World, World],
+                                                  host: PublicContext, where: str) -> None:
+    """Lanes sum four slots per sample after decryption: still nothing but ciphertexts back."""
+    views = []
+    for factor in (1.0, 2.0**14, 2.0**30):
+        make = (lambda c, f=factor: _product(c, f, host)) if where == "z" else (lambda c: c)
+        views.append(_differential(hworlds, host, _attack("softmax_error", host, make, where,
+                                                          layout=LANES)))
+    assert views[0] == views[1] == views[2]
+    assert views[0][0] == "ok"
+    assert views[0][1]["e"] == [("batch", LANES.giant, "errors")] * 3
+
+
+@pytest.mark.parametrize("edit", [{"lanes": 2, "shift": 1}, {"lanes": 1}, {"shift": 3}])
+def test_labels_in_other_lanes_than_the_features_are_refused(
+        hworlds: tuple[World, World], host: PublicContext, edit: dict[str, int]) -> None:
+    samples = {**LANES.samples.describe(), **edit}
+    if edit == {"lanes": 1}:
+        samples.pop("shift")
+        samples.pop("lanes")
+
+    def attack(w: World, ct: Ciphertext) -> dict[str, Any]:
+        z = [batch(host, [_product(ct, 1.0, host)], LANES.samples.describe()) for _ in range(3)]
+        return w.call("softmax_error", z=z, y=batch(host, [host.encrypt(np.ones(SLOTS), level=0)],
+                                                    samples),
+                      features=LANES.describe(), first_block=0, start=0, stop=40,
+                      learning_rate=1.0, level=3, intercept=False, transposed=False)
+    got = _differential(hworlds, host, attack)
+    assert got[0] == "refused" and got[-1] == "labels must be sample blocks of the feature layout"
+
+
 def test_secret_labels_succeed_alike(hworlds: tuple[World, World], host: PublicContext) -> None:
     """The host puts a stored value where the labels go: clipped to a class index, never probed."""
     got = _differential(hworlds, host, _attack("softmax_error", host, lambda c: c, "y"))
@@ -222,6 +257,36 @@ def _diagonal_matrix(blocks: list[np.ndarray], layout: Diagonals) -> np.ndarray:
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def test_softmax_error_in_lanes_clips_each_samples_sum_and_fills_every_lane(
+        tmp_path: Path, sec_key: SecretContext, host: PublicContext) -> None:
+    """Lane partials of +-50 cancel: the clip applies to the sum, never to a partial."""
+    w = make_world(tmp_path, sec_key, clip=4.0)
+    lanes = LANES.samples
+    rng = np.random.default_rng(6)
+    m = lanes.block
+    z = rng.normal(0, 1, (m, 3))
+    z[:3, 1] = [9.0, -9.0, 3.5]
+    y = rng.integers(0, 3, m).astype(np.float64)
+    parts = np.zeros((3, SLOTS))
+    pos = lanes.positions()
+    for k in range(3):
+        parts[k, pos[0]] = z[:, k] + 50.0
+        parts[k, pos[1]] = -50.0
+    start, stop, lr = 0, 40, 0.5
+    reply = w.call("softmax_error", z=[batch(host, [_logits(host, parts[k])], lanes.describe())
+                                       for k in range(3)],
+                   y=batch(host, [host.encrypt(lanes.spread(y), level=0)], lanes.describe()),
+                   features=LANES.describe(), first_block=0, start=start, stop=stop,
+                   learning_rate=lr, level=3, intercept=False, transposed=False)
+    assert reply["ok"], reply
+    expect = (_softmax(np.clip(z, -4, 4)) - np.eye(3)[y.astype(int)]) * lr / (stop - start)
+    expect[stop:] = 0.0
+    for k, raw in enumerate(reply["result"]["e"]):
+        (slots,) = _open(sec_key, raw)
+        assert np.abs(slots[pos] - expect[:, k][None, :]).max() < 1e-6  # every lane of a sample
+    w.enclave.close()
 
 
 def test_softmax_error_is_exact_and_clipped_at_the_policy_bound(
