@@ -375,3 +375,56 @@ def test_lanes_round_trip_and_one_lane_keeps_the_old_description(layout: Any) ->
                                                   else {"baby": 16}))
     assert "lanes" not in one.describe() and "shift" not in one.describe()
     assert from_description({**layout.describe(), "lanes": 2}) != layout
+
+
+def test_lane_slots_follow_the_documented_wire_layout() -> None:
+    """Owner, host and enclave agree through this formula: lane ``l`` holds sample ``i`` at
+    ``l*block + (i + l*shift) % block``, with ``shift = period / lanes``."""
+    layout = Diagonals.plan(16, 8, 64, 4)  # blocks of 16 samples, shift 2
+    pos = layout.samples.positions()
+    for lane in range(4):
+        for i in range(16):
+            assert pos[lane, i] == lane * 16 + (i + 2 * lane) % 16
+    assert Diagonals.lanes_for(1, 64, 4096) == layout.lanes_for(1, 64, 4096) == 64
+
+
+@pytest.mark.parametrize("args", [
+    (10, 24, 3, 0),    # 3 lanes divide 24 slots but are no power of two
+    (10, 18, 4, 1),    # a power of two that does not divide the slots
+    (10, 16, 4, -1),   # shift below 0
+    (10, 16, 4, 4),    # shift of a whole block
+    (10, 16, 4, 5),    # beyond it
+])
+def test_sample_blocks_refuse_lanes_and_shifts_off_the_grid(args: tuple[int, int, int, int]) -> None:
+    with pytest.raises(ShapeError):
+        SampleBlocks(*args)
+
+
+def test_lanes_plan_refuses_zero_lanes_as_a_shape_error() -> None:
+    with pytest.raises(ShapeError):
+        Diagonals.plan(10, 8, 64, 0)
+
+
+def test_unpack_refuses_one_diagonal_too_many() -> None:
+    layout = Diagonals.plan(10, 8, 64, 2)
+    arrays = layout.pack(np.ones((10, 8)))
+    with pytest.raises(ShapeError):
+        layout.unpack([*arrays, arrays[0]])
+
+
+@pytest.mark.parametrize("layout", [Diagonals(100, 30, 512, 8, 2), SampleBlocks(100, 512, 2, 16)])
+def test_two_lanes_are_described(layout: Any) -> None:
+    assert layout.describe()["lanes"] == 2
+    assert from_description(layout.describe()) == layout
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    (1, True), (2**31, True), (0, False), (2**31 + 1, False), (True, False), (10.0, False), (-3, False),
+])
+def test_layout_counts_are_true_integers_in_range(value: Any, ok: bool) -> None:
+    desc = {"kind": "samples", "n_samples": value, "slots": 4}
+    if ok:
+        assert from_description(desc) == SampleBlocks(value, 4)
+    else:
+        with pytest.raises(ShapeError):
+            from_description(desc)
