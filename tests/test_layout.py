@@ -428,3 +428,9 @@ def test_layout_counts_are_true_integers_in_range(value: Any, ok: bool) -> None:
     else:
         with pytest.raises(ShapeError):
             from_description(desc)
+
+
+def test_a_lane_description_with_no_shift_is_refused() -> None:
+    """Lanes always shift by ``period / lanes >= 1``; a wire layout of unshifted lanes is malformed."""
+    with pytest.raises(ShapeError):
+        from_description({"kind": "samples", "n_samples": 10, "slots": 16, "lanes": 4, "shift": 0})
