@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +132,44 @@ def test_no_helpers_where_forking_is_unsafe(host_context: PublicContext) -> None
         other.join()
     assert isinstance(runner, SerialClasses)
     assert isinstance(class_runner(host_context, [], 1), SerialClasses)
+
+
+_DRIVER = """
+import multiprocessing, os, sys, time
+from cipherloop.ckks import SecretContext, preset
+from cipherloop.learn.fanout import ClassFanout
+ctx = SecretContext.generate(preset("n8192"), [1]).public_context()
+fan = ClassFanout(ctx, [], 2, multiprocessing.get_context("fork"))
+print(fan._pool.submit(os.getpid).result(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_helpers_die_with_a_driver_killed_by_sigkill() -> None:
+    """kill -9 of the driver runs no shutdown; the helper must not outlive it."""
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    helper = 0
+    try:
+        assert driver.stdout is not None
+        helper = int(driver.stdout.readline())
+        assert _alive(helper)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while _alive(helper) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(helper)
+    finally:
+        driver.kill()
+        driver.wait()
+        if helper and _alive(helper):  # a failing run leaves no orphan behind
+            os.kill(helper, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -18,9 +18,12 @@ serial (:func:`fork_context`).
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.context
 import os
+import signal
+import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -86,8 +89,21 @@ def class_gradients(context: _ContextBase, features: Sequence[Ciphertext], layou
 
 
 # ---------------------------------------------------------------- in the helpers
-def _inherit(context: _ContextBase, datasets: Sequence[Dataset]) -> None:
+def _inherit(driver: int, context: _ContextBase, datasets: Sequence[Dataset]) -> None:
+    _die_with_driver(driver)
     _INHERITED.update(context=context, datasets=list(datasets))
+
+
+def _die_with_driver(driver: int) -> None:
+    """A helper keeps nothing worth saving: it dies with the process that forked it, even
+    one killed by SIGKILL that never shut its pool down (Linux's ``PR_SET_PDEATHSIG``).
+
+    The pool's pipes cannot tell it: a forked helper holds copies of their write ends.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != driver:  # the driver died before the line above took effect
+        os._exit(1)
 
 
 def _helper_products(which: int, blocks: list[int], weights: list[bytes],
@@ -125,7 +141,8 @@ class ClassFanout:
         self.datasets = list(datasets)
         self.n_jobs = n_jobs
         self._pool = ProcessPoolExecutor(max_workers=n_jobs - 1, mp_context=method,
-                                         initializer=_inherit, initargs=(context, self.datasets))
+                                         initializer=_inherit,
+                                         initargs=(os.getpid(), context, self.datasets))
 
     def __repr__(self) -> str:
         return f"ClassFanout(n_jobs={self.n_jobs})"
