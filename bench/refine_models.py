@@ -10,7 +10,8 @@ bytes per training sample, and the largest weight gap to the twin.
 
 Run: ``.venv/bin/python bench/refine_models.py`` (``--hetal-iterations N`` runs
 N of the 12 iterations of a HETAL epoch on N x 1,024 samples and extrapolates
-the epoch; ``--skip-hetal`` for digits alone).
+the epoch; ``--skip-hetal`` for digits alone, ``--skip-digits`` for HETAL alone;
+``--one-lane`` adds each model on blocks of 4,096 samples; ``--n-jobs 1`` one process).
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--hetal-iterations", type=int, default=12,
                     help="iterations of the HETAL epoch to run (12 = the whole epoch)")
     ap.add_argument("--skip-hetal", action="store_true")
+    ap.add_argument("--skip-digits", action="store_true")
     ap.add_argument("--digits-epochs", type=int, default=3)
     ap.add_argument("--n-jobs", type=int, default=-1,
                     help="processes sharing a multiclass step's classes (-1: every core)")
@@ -139,7 +141,7 @@ def main() -> None:
         cfg = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=256,
                            epochs=a.digits_epochs, n_jobs=a.n_jobs)
         data = digits()
-        for lanes in lane_runs:
+        for lanes in lane_runs if not a.skip_digits else []:
             rows.append(run("digits softmax 64-10", data, initial_network("softmax", 64, 10), cfg,
                             owner=owner, proc=proc, lanes=lanes))
             report(rows[-1:])
@@ -147,10 +149,10 @@ def main() -> None:
                                epochs=a.digits_epochs)
         start = initial_network("mlp", 64, 10, hidden=32, activation="relu",
                                 rng=np.random.default_rng(1))
-        # The MLP refines one-lane data (learn/mlp.py).
-        rows.append(run("digits MLP 64-32-10 relu", data, start, mlp_cfg, owner=owner,
-                        proc=proc, lanes=1))
-        report(rows[-1:])
+        if not a.skip_digits:  # the MLP refines one-lane data (learn/mlp.py)
+            rows.append(run("digits MLP 64-32-10 relu", data, start, mlp_cfg, owner=owner,
+                            proc=proc, lanes=1))
+            report(rows[-1:])
         if not a.skip_hetal:
             n = 1024 * a.hetal_iterations
             hcfg = RefineConfig(learning_rate=1.0, momentum=0.9, batch_size=1024, epochs=1,
