@@ -117,7 +117,7 @@ def test_a_refinement_on_two_processes_matches_one(
     (one, s1), (two, s2) = runs[1], runs[2]
     assert s1.ops == s2.ops and s1.steps == s2.steps == 3
     for name, w in one.weights.items():  # the enclave's fresh encryptions differ, nothing else
-        assert np.abs(two.weights[name] - w).max() < 1e-5, name
+        assert np.abs(two.weights[name] - w).max() < 1e-4, name
 
 
 def test_no_helpers_where_forking_is_unsafe(host_context: PublicContext) -> None:
