@@ -128,42 +128,26 @@ def _rotations(n: int, layout: Diagonals, blocks: int, *, gradient: bool) -> int
     return n * ((B - 1) + blocks * (G - 1))
 
 
+@pytest.mark.parametrize("lanes", [1, 4, 16])
 def test_softmax_step_costs_exactly_what_its_docstring_says(
-        owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess) -> None:
-    X, y = _wine()
-    k, C = 3, 1
-    layout = Diagonals.plan(120, X.shape[1], host_context.params.slots)
-    P, B, G = layout.period, layout.baby, layout.giant
-    data = _to_host(host_context, owner_key, X[:120], y[:120], k)
-    model = encrypt_network(host_context, initial_network("softmax", X.shape[1], k))
-    _, stats = refine(model, [data], RefineConfig(momentum=0.0), context=host_context,
-                      enclave=enclave.client)
-    assert stats.ops["multiply"] == 2 * k * C * P
-    assert stats.ops["relinearize"] == k * C * G + k * B
-    assert stats.ops["rotate"] == (_rotations(k, layout, C, gradient=False)
-                                   + _rotations(k, layout, C, gradient=True))
-    assert stats.ops["multiply_plain"] == k  # the intercepts moved to the logits' scale
-    assert stats.enclave_calls == 1
-
-
-@pytest.mark.parametrize("lanes", [4, 16])
-def test_a_step_in_lanes_costs_its_share_of_the_diagonals(
         owner_key: SecretContext, host_context: PublicContext, enclave: EnclaveProcess,
         lanes: int) -> None:
     """``J = P / L`` diagonals per block: the products shrink ``L``-fold, the fold stays."""
     X, y = _wine()
     k, C = 3, 1
     layout = Diagonals.plan(120, X.shape[1], host_context.params.slots, lanes)
-    J, B, G = layout.per_block, layout.baby, layout.giant
-    assert 16 // lanes == J
+    per_block, B, G = layout.per_block, layout.baby, layout.giant
+    assert per_block == 16 // lanes
     data = _to_host(host_context, owner_key, X[:120], y[:120], k, lanes)
     model = encrypt_network(host_context, initial_network("softmax", X.shape[1], k))
     _, stats = refine(model, [data], RefineConfig(momentum=0.0), context=host_context,
                       enclave=enclave.client)
-    assert stats.ops["multiply"] == 2 * k * C * J
+    assert stats.ops["multiply"] == 2 * k * C * per_block
     assert stats.ops["relinearize"] == k * C * G + k * B
     assert stats.ops["rotate"] == (_rotations(k, layout, C, gradient=False)
                                    + _rotations(k, layout, C, gradient=True))
+    assert stats.ops["multiply_plain"] == k  # the intercepts moved to the logits' scale
+    assert stats.enclave_calls == 1
 
 
 def test_mlp_step_costs_exactly_what_its_docstring_says(
