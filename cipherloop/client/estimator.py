@@ -79,6 +79,20 @@ class EnclaveSessionMixin:
             self._provisioned = True
         return key, client
 
+    def _check_classes(self, y: np.ndarray, classes: Any, first: bool) -> None:
+        """scikit-learn's label contract: the first call fixes ``classes_``, later ones stay inside."""
+        if first:
+            labels = unique_labels(y) if classes is None else np.asarray(classes)
+            y_type = type_of_target(y, input_name="y", raise_unknown=True)
+            if y_type not in ("binary", "multiclass", "unknown"):
+                raise ValueError(f"Unknown label type: {y_type}")
+            if len(labels) < 2:
+                raise ValueError(f"{type(self).__name__} needs at least 2 classes; got "
+                                 f"{len(labels)} class")
+            self.classes_ = labels
+        elif not np.isin(unique_labels(y), self.classes_).all():
+            raise ValueError("y holds classes not seen in the first call")
+
     def _compute(self, key: SecretContext, X: np.ndarray, y: np.ndarray, *, n_classes: int = 2
                  ) -> tuple[Dataset, Engine | None]:
         """Encrypt ``(X, y)`` where the engine reads it: in memory, or a store Ray workers share.
@@ -231,18 +245,9 @@ class EncryptedLogisticRegression(EnclaveSessionMixin, ClassifierMixin, BaseEsti
                      classes: Any = None) -> EncryptedLogisticRegression:
         first = reset or not hasattr(self, "model_")
         X, y = validate_data(self, X, y, reset=first, dtype=np.float64)
+        self._check_classes(y, classes, first)
         if first:
-            labels = unique_labels(y) if classes is None else np.asarray(classes)
-            y_type = type_of_target(y, input_name="y", raise_unknown=True)
-            if y_type not in ("binary", "multiclass", "unknown"):
-                raise ValueError(f"Unknown label type: {y_type}")
-            if len(labels) < 2:
-                raise ValueError(f"EncryptedLogisticRegression needs at least 2 classes; got "
-                                 f"{len(labels)} class")
-            self.classes_ = labels
             self.n_iter_ = 0
-        elif not np.isin(unique_labels(y), self.classes_).all():
-            raise ValueError("y holds classes not seen in the first call")
         key, client = self._session(X.shape[1])
         k = len(self.classes_)
         if first:

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from ..ckks import PRESETS
@@ -110,19 +109,10 @@ class EncryptedMLPClassifier(EnclaveSessionMixin, ClassifierMixin, BaseEstimator
         first = reset or not hasattr(self, "model_")
         hidden = self._hidden()
         X, y = validate_data(self, X, y, reset=first, dtype=np.float64)
+        self._check_classes(y, classes, first)
         if first:
-            labels = unique_labels(y) if classes is None else np.asarray(classes)
-            y_type = type_of_target(y, input_name="y", raise_unknown=True)
-            if y_type not in ("binary", "multiclass", "unknown"):
-                raise ValueError(f"Unknown label type: {y_type}")
-            if len(labels) < 2:
-                raise ValueError(f"EncryptedMLPClassifier needs at least 2 classes; got "
-                                 f"{len(labels)} class")
-            self.classes_ = labels
             self.n_iter_ = 0
             self.loss_curve_: list[float] = []
-        elif not np.isin(unique_labels(y), self.classes_).all():
-            raise ValueError("y holds classes not seen in the first call")
         key, client = self._session(X.shape[1])
         k = len(self.classes_)
         if first:
