@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .enclave.limits import MAX_CLASSES, MAX_HIDDEN
 from .errors import AttestationError, CipherloopError, EnclaveUnavailable
 
 app = typer.Typer(
@@ -354,7 +355,6 @@ def _policy(trigger_samples: int | None, interval: float | None, epochs: int, lr
             "release_metric": release_metric}
 
 
-MAX_CLASSES = 256
 DEFAULT_TRIGGER = 256
 
 
@@ -392,7 +392,7 @@ def init(
     model_kind: Annotated[str, typer.Option(
         "--model", help="Model kind: logreg (binary or multinomial) or mlp.")] = "logreg",
     classes: Annotated[int, typer.Option(min=2, max=MAX_CLASSES, help="Number of classes.")] = 2,
-    hidden: Annotated[int, typer.Option(min=1, max=1024, help="Hidden units (mlp).")] = 32,
+    hidden: Annotated[int, typer.Option(min=1, max=MAX_HIDDEN, help="Hidden units (mlp).")] = 32,
     activation: Annotated[str, typer.Option(help="relu, tanh or logistic (mlp).")] = "relu",
 ) -> None:
     """Set up a model in the service, then go offline.

@@ -107,7 +107,25 @@ def load_settings(config: Path = CONFIG, equivalent: Path = EQUIVALENT) -> Setti
         if not sep or not reason.strip():
             raise SystemExit(f"{equivalent.name}: every entry needs ' # reason': {line!r}")
         allow[key.strip()] = reason.strip()
+    check_split(groups)
     return Settings(groups, list(doc.get("exclude_operators", [])), allow)
+
+
+def check_split(groups: list[Group], root: Path = ROOT) -> None:
+    """A file split over several groups (each with its own tests) must be split whole:
+    a top-level function no group names would never be mutated, silently."""
+    named: dict[str, list[Group]] = {}
+    for g in groups:
+        for m in g.modules:
+            named.setdefault(m, []).append(g)
+    for module, owners in named.items():
+        if len(owners) < 2 or any(not g.functions for g in owners):
+            continue
+        tops = {"<module>"} | {name for name, _, _ in _function_spans(root / module) if "." not in name}
+        left = sorted(t for t in tops if not any(_wanted(t, g) for g in owners))
+        if left:
+            raise SystemExit(f"{module} is split over groups {[g.name for g in owners]}, "
+                             f"but none names {left}: add them to one group's functions")
 
 
 def copy_tree(dest: Path) -> None:
@@ -191,11 +209,8 @@ def _test_command(group: Group, marker: Path) -> str:
             f"exit $rc'")
 
 
-def prepare(group: Group, work: Path, exclude: list[str]) -> list[Mutant]:
-    """Write the group's cosmic-ray config and session into ``work``; return its mutants."""
-    from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import WorkerOutcome, WorkResult
-
+def write_config(group: Group, work: Path) -> Path:
+    """The group's cosmic-ray config in ``work`` (its test command names that worker's marker)."""
     cfg = work / f"cosmic-ray.{group.name}.toml"
     marker = work / f"no-tests.{group.name}"
     modules = ", ".join(f'"{m}"' for m in group.modules)
@@ -206,6 +221,22 @@ def prepare(group: Group, work: Path, exclude: list[str]) -> list[Mutant]:
         "excluded-modules = []\n"
         f"test-command = {_toml_str(_test_command(group, marker))}\n"
         "[cosmic-ray.distributor]\nname = \"local\"\n")
+    return cfg
+
+
+def share_session(group: Group, source: Path, work: Path) -> None:
+    """Give another worker the same session (mutants named by relative paths) and its config."""
+    write_config(group, work)
+    name = f"session.{group.name}.sqlite"
+    shutil.copy2(source / name, work / name)
+
+
+def prepare(group: Group, work: Path, exclude: list[str]) -> list[Mutant]:
+    """Write the group's cosmic-ray config and session into ``work``; return its mutants."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    cfg = write_config(group, work)
     session = work / f"session.{group.name}.sqlite"
     _cosmic(work, "init", cfg.name, session.name)
     spans = {m: _function_spans(work / m) for m in group.modules}
@@ -290,16 +321,13 @@ def _mutated_line(diff: str) -> str:
     return " / ".join(plus)
 
 
-def run_worker(groups: list[Group], settings: Settings, chosen: dict[str, set[str]] | None,
-               root: Path, index: int, prepared: dict[str, list[Mutant]]) -> list[Outcome]:
+def run_worker(groups: list[Group], share: list[Mutant], root: Path, index: int) -> list[Outcome]:
+    """Run this worker's share of every group's mutants, group by group, in its own copy."""
     work = root / f"w{index}"
     results: list[Outcome] = []
     for group in groups:
-        mutants = prepared[group.name]
-        if chosen is not None:
-            keep = chosen.get(group.name, set())
-            restrict(work, group, keep)
-            mutants = [m for m in mutants if m.job_id in keep]
+        mutants = [m for m in share if m.group == group.name]
+        restrict(work, group, {m.job_id for m in mutants})
         if not mutants:
             continue
         print(f"[{group.name}] baseline, then {len(mutants)} mutants "
@@ -363,35 +391,31 @@ def main(argv: list[str] | None = None) -> int:
     groups = [g for g in settings.groups if args.group is None or g.name in args.group]
     if not groups:
         parser.error(f"no such group; groups: {[g.name for g in settings.groups]}")
-    jobs = max(1, min(args.jobs, len(groups)))
+    jobs = max(1, args.jobs)
     root = Path(tempfile.mkdtemp(prefix="cipherloop-mutants-"))
     try:
         for i in range(jobs):
             copy_tree(root / f"w{i}")
-        shares: list[list[Group]] = [groups[i::jobs] for i in range(jobs)]
         prepared: dict[str, list[Mutant]] = {}
-        for i, share in enumerate(shares):
-            for g in share:
-                prepared[g.name] = prepare(g, root / f"w{i}", settings.exclude_operators)
-        chosen: dict[str, set[str]] | None = None
+        for g in groups:
+            prepared[g.name] = prepare(g, root / "w0", settings.exclude_operators)
+            for i in range(1, jobs):
+                share_session(g, root / "w0", root / f"w{i}")
         everyone = [m for g in groups for m in prepared[g.name]]
         if args.match is not None:
             pattern = re.compile(args.match)
             everyone = [m for m in everyone if pattern.search(m.key)]
-            chosen = {}
-            for m in everyone:
-                chosen.setdefault(m.group, set()).add(m.job_id)
         if args.sample is not None:
             seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
             picked = random.Random(seed).sample(everyone, min(args.sample, len(everyone)))
-            chosen = {}
-            for m in picked:
-                chosen.setdefault(m.group, set()).add(m.job_id)
             print(f"sample of {len(picked)} of {len(everyone)} mutants (--seed {seed} repeats it)")
+            everyone = sorted(picked, key=lambda m: (m.group, m.module, m.line))
         else:
-            print(f"{len(everyone)} mutants in {len(groups)} groups")
+            print(f"{len(everyone)} mutants in {len(groups)} groups, {jobs} workers")
+        # Every worker takes every jobs-th mutant of each group: a large group is split, not queued.
+        shares = [everyone[i::jobs] for i in range(jobs)]
         with ThreadPoolExecutor(jobs) as pool:
-            futures = [pool.submit(run_worker, share, settings, chosen, root, i, prepared)
+            futures = [pool.submit(run_worker, groups, share, root, i)
                        for i, share in enumerate(shares)]
             outcomes = [o for f in futures for o in f.result()]
         return report(outcomes, settings)

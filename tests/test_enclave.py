@@ -219,7 +219,7 @@ def test_refresh_returns_fresh_top_level_ciphertexts(enclave: EnclaveProcess, ow
 def test_refresh_refuses_feature_layouts(enclave: EnclaveProcess, host_context: PublicContext) -> None:
     L = Diagonals.plan(10, 4, SLOTS)
     raw = _batch(host_context, L.pack(np.zeros((10, 4))), L.describe())
-    with pytest.raises(ShapeError):
+    with pytest.raises(ShapeError, match="refresh takes replicated vectors or sample blocks$"):
         enclave.client.refresh(host_context.key_id, [raw])
 
 

@@ -19,6 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from ..ckks import PRESETS
+from ..enclave.limits import MAX_HIDDEN
 from ..learn import RefineConfig, RefineStats, refine
 from ..learn.network import EncryptedNetwork
 from ..learn.reference import PlainNetwork
@@ -100,8 +101,8 @@ class EncryptedMLPClassifier(EnclaveSessionMixin, ClassifierMixin, BaseEstimator
 
     def _hidden(self) -> int:
         sizes = tuple(self.hidden_layer_sizes)
-        if len(sizes) != 1 or not isinstance(sizes[0], Integral) or not 1 <= sizes[0] <= 1024:
-            raise ValueError("hidden_layer_sizes must be one hidden layer of 1 to 1024 units")
+        if len(sizes) != 1 or not isinstance(sizes[0], Integral) or not 1 <= sizes[0] <= MAX_HIDDEN:
+            raise ValueError(f"hidden_layer_sizes must be one hidden layer of 1 to {MAX_HIDDEN} units")
         return int(sizes[0])
 
     def _partial_fit(self, X: Any, y: Any, *, epochs: int, reset: bool,

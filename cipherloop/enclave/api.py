@@ -51,16 +51,14 @@ from ..errors import (
 )
 from .activations import ACTIVATIONS, activation
 from .keystore import KeyEntry
+from .limits import MAX_BATCHES, MAX_UNITS
 from .policy import METRICS, coarse
 
 log = logging.getLogger("cipherloop.enclave")
 
-MAX_BATCHES = 64
 #: Decrypted model and sample values are clipped to ``[-VALUE_BOUND, VALUE_BOUND]``;
 #: at the top level and nominal scale that leaves > 60 bits of modulus headroom.
 VALUE_BOUND = float(2**20)
-#: Most vectors one model part may hold (classes or hidden units).
-_MAX_UNITS = 1024
 
 L = TypeVar("L", SampleBlocks, Replicated, Diagonals)
 
@@ -116,6 +114,23 @@ def _product(entry: KeyEntry) -> Callable[[int], float]:
     scale, backend = entry.context.params.scale, entry.context.backend
     top = entry.context.params.top_level
     return lambda level: scale * scale / backend.prime(level + 1) if level < top else math.nan
+
+
+def _learning_rate(entry: KeyEntry, learning_rate: float) -> float:
+    """A finite float in ``(0, max_learning_rate]``: it bounds every error the steps encode."""
+    if not (isinstance(learning_rate, float) and math.isfinite(learning_rate)
+            and 0 < learning_rate <= entry.policy.max_learning_rate):
+        raise BadRequest("learning rate outside the policy's bounds")
+    return learning_rate
+
+
+def _out_level(entry: KeyEntry, level: int, intercept: bool) -> int:
+    """Where a step may encode its errors: ``[1, top]``, ``[2, top]`` when their sum comes back
+    too (one level lower). With ``|e| <= lr`` no value can overflow at these levels."""
+    if isinstance(level, bool) or not isinstance(level, int) or \
+            level not in _all_levels(entry, 2 if intercept else 1):
+        raise BadRequest("output level outside the range this operation encodes safely")
+    return level
 
 
 def _all_levels(entry: KeyEntry, lowest: int = 0) -> range:
@@ -181,6 +196,11 @@ class _Scored:
     hidden: Replicated | None = None
 
     @property
+    def binary(self) -> bool:
+        """One logit per sample (whatever an MLP's hidden width, its outputs are classes)."""
+        return not self.activation and len(self.coef) == 1
+
+    @property
     def n_classes(self) -> int:
         """2 for a binary model (one logit), else the number of output vectors."""
         out = len(self.coef2) if self.activation else len(self.coef)
@@ -216,8 +236,8 @@ def _check_model(entry: KeyEntry, parts: Mapping[str, Any], diag: Diagonals, *, 
         if not isinstance(raw, bytes):
             raise BadRequest(f"the model needs a {name!r} batch")
         batch = _parse(raw, max_bytes=max_bytes)
-        if not 1 <= len(batch.items) <= _MAX_UNITS:
-            raise ShapeError(f"a model part holds 1 to {_MAX_UNITS} vectors")
+        if not 1 <= len(batch.items) <= MAX_UNITS:
+            raise ShapeError(f"a model part holds 1 to {MAX_UNITS} vectors")
         lay, cts = _load(entry, batch, Replicated, levels=levels, scale=nominal,
                          count=len(batch.items))
         if layout is not None and lay != layout:
@@ -324,13 +344,16 @@ def refresh(entry: KeyEntry, batches: Sequence[bytes], *, max_bytes: int) -> lis
     if not 1 <= len(batches) <= MAX_BATCHES:
         raise BadRequest(f"refresh takes 1 to {MAX_BATCHES} batches")
     opened: list[tuple[CiphertextBatch, Replicated | SampleBlocks, list[Ciphertext]]] = []
+    levels, nominal = _all_levels(entry), _nominal(entry)
     for raw in batches:
         batch = _parse(raw, max_bytes=max_bytes)
-        levels, nominal = _all_levels(entry), _nominal(entry)
-        if batch.layout.get("kind") == "replicated":
+        kind = batch.layout.get("kind")
+        if kind == "replicated":
             opened.append((batch, *_load(entry, batch, Replicated, levels=levels, scale=nominal)))
-        else:
+        elif kind == "samples":
             opened.append((batch, *_load(entry, batch, SampleBlocks, levels=levels, scale=nominal)))
+        else:
+            raise ShapeError("refresh takes replicated vectors or sample blocks")
     params = entry.context.params
     out = []
     with _after_decryption(entry):
@@ -373,11 +396,8 @@ def logistic_error(
     """
     entry.check_open()
     policy = entry.policy
-    if not (isinstance(learning_rate, float) and math.isfinite(learning_rate)
-            and 0 < learning_rate <= policy.max_learning_rate):
-        raise BadRequest("learning rate outside the policy's bounds")
-    if level not in _all_levels(entry, 2 if intercept else 1):
-        raise BadRequest("output level outside the range this operation encodes safely")
+    _learning_rate(entry, learning_rate)
+    _out_level(entry, level, intercept)
     z_batch, y_batch = _parse(z_raw, max_bytes=max_bytes), _parse(y_raw, max_bytes=max_bytes)
     count = len(z_batch.items)
     if count < 1 or len(y_batch.items) != count:
@@ -432,7 +452,7 @@ def _score(entry: KeyEntry, X: np.ndarray, diag: Diagonals, model: _Scored) -> n
                          for i, w in enumerate(cts)], axis=1)
 
     if not model.activation:
-        if len(model.coef) == 1:
+        if model.binary:
             return _holdout_scores(entry, X, diag, model.coef[0],
                                    None if model.intercept is None else model.intercept[0])
         return column(model.coef, model.intercept)
@@ -505,7 +525,7 @@ def compare(entry: KeyEntry, candidate: Mapping[str, Any], current: Mapping[str,
     diag, f, y_cts = _check_holdout(entry, features_raw, labels_raw, max_bytes=max_bytes)
     cand = _check_model(entry, candidate, diag, max_bytes=max_bytes)
     cur = _check_model(entry, current, diag, max_bytes=max_bytes)
-    if cand.n_classes != cur.n_classes or (len(cand.coef) == 1) != (len(cur.coef) == 1):
+    if cand.n_classes != cur.n_classes or cand.binary != cur.binary:
         raise ShapeError("candidate and current models must have the same outputs")
     entry.spend(3 if released else 1)
     clip = entry.policy.clip

@@ -24,7 +24,6 @@ Three operations (``learn/softmax.py`` and ``learn/mlp.py`` drive them):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,8 +37,10 @@ from .api import (
     _after_decryption,
     _all_levels,
     _errors,
+    _learning_rate,
     _load,
     _nominal,
+    _out_level,
     _parse,
     _product,
     _reveal_samples,
@@ -47,10 +48,7 @@ from .api import (
     _Window,
 )
 from .keystore import KeyEntry
-
-#: Most classes (softmax outputs) and hidden units one request may carry.
-MAX_CLASSES = 256
-MAX_HIDDEN = 1024
+from .limits import MAX_CLASSES, MAX_HIDDEN
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -86,24 +84,10 @@ def _per_unit(entry: KeyEntry, raws: Sequence[bytes], window: _Window, *, max_by
     return out
 
 
-def _learning_rate(entry: KeyEntry, learning_rate: float) -> float:
-    if not (isinstance(learning_rate, float) and math.isfinite(learning_rate)
-            and 0 < learning_rate <= entry.policy.max_learning_rate):
-        raise BadRequest("learning rate outside the policy's bounds")
-    return learning_rate
-
-
 def _activation(name: Any) -> str:
     if name not in ACTIVATIONS:
         raise BadRequest(f"activation must be one of {ACTIVATIONS}")
     return str(name)
-
-
-def _out_level(entry: KeyEntry, level: int, intercept: bool) -> int:
-    if isinstance(level, bool) or not isinstance(level, int) or \
-            level not in _all_levels(entry, 2 if intercept else 1):
-        raise BadRequest("output level outside the range this operation encodes safely")
-    return level
 
 
 # -------------------------------------------------------------- after decryption

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..ckks import Ciphertext, CiphertextBatch, Replicated
 from ..ckks.context import _ContextBase
+from ..enclave.limits import MAX_BATCHES
 from .dataset import Dataset
 from .enclave_client import EnclaveClient
 from .engine import Engine, LocalEngine
@@ -77,8 +78,8 @@ def minibatches(n_samples: int, batch_size: int | None) -> Iterator[tuple[int, i
         yield start, min(start + size, n_samples)
 
 
-#: Parts one refresh call carries (the enclave's ``MAX_BATCHES``).
-REFRESH_BATCHES = 64
+#: Parts one refresh call carries: as many as the enclave takes.
+REFRESH_BATCHES = MAX_BATCHES
 
 
 class Refinable(Protocol):

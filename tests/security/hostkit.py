@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import numpy as np
 
-from cipherloop.ckks import Ciphertext, CiphertextBatch, PublicContext, SecretContext
+from cipherloop.ckks import Ciphertext, CiphertextBatch, PublicContext, SampleBlocks, SecretContext
 from cipherloop.client.data import encrypt_batches
 from cipherloop.client.provisioning import holdout_pin
 from cipherloop.enclave.server import Enclave, EnclaveConfig
@@ -23,19 +24,47 @@ class World:
     holdout: tuple[bytes, bytes]
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
-        return self.enclave.handle({"op": op, "args": {"key_id": self.key_id, **args}})
+        """The request and reply as the socket carries them (CBOR: fresh strings, no shared
+        objects), so an operation sees exactly what a real host's bytes decode to."""
+        msg = cbor2.loads(cbor2.dumps({"op": op, "args": {"key_id": self.key_id, **args}}))
+        reply: dict[str, Any] = cbor2.loads(cbor2.dumps(self.enclave.handle(msg)))
+        return reply
 
 
-def make_world(tmp: Path, key: SecretContext, **policy: Any) -> World:
-    rng = np.random.default_rng(7)
-    X = rng.standard_normal((40, 4))
-    y = (X[:, 0] > 0).astype(float)
-    f, lab = encrypt_batches(key, X, y)
+def holdout_data(classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's plaintext hold-out set every world pins: 40 samples of 4 features; labels
+    ``x0 > 0`` for two classes, else the index of the largest of the first ``classes`` features."""
+    X = np.random.default_rng(7).standard_normal((40, 4))
+    if classes == 2:
+        return X, (X[:, 0] > 0).astype(float)
+    return X, np.argmax(X[:, :classes], axis=1).astype(float)
+
+
+_EXPORTED: dict[str, bytes] = {}
+
+
+def _exported(key: SecretContext) -> bytes:
+    """The owner's exported key, serialised once per key: it is most of a world's set-up time."""
+    if key.key_id not in _EXPORTED:
+        _EXPORTED[key.key_id] = key.export_secret()
+    return _EXPORTED[key.key_id]
+
+
+def make_world(tmp: Path, key: SecretContext, *, classes: int = 2, labels: Any = None,
+               **policy: Any) -> World:
+    """``labels`` replaces the hold-out set's labels with values ``encrypt_batches`` would refuse
+    (an owner's mistake it pins anyway), encrypted by hand in sample blocks of their count."""
+    X, y = holdout_data(classes)
+    f, lab = encrypt_batches(key, X, y, n_classes=classes)
+    if labels is not None:
+        samples = SampleBlocks(len(labels), key.params.slots)
+        lab = CiphertextBatch.of(key, [key.encrypt(b, level=0) for b in samples.pack(labels)],
+                                 samples.describe())
     config = EnclaveConfig(tmp / "enclave.sock", tmp / "state", allow_local_provisioning=True)
     enclave = Enclave(config)
     doc = {"holdouts": [holdout_pin(f, lab)], "min_samples": 16, **policy}
     reply = enclave.handle({"op": "provision_local",
-                            "args": {"secret": key.export_secret(), "policy": doc}})
+                            "args": {"secret": _exported(key), "policy": doc}})
     assert reply["ok"], reply
     return World(enclave, key.key_id, (f.to_bytes(), lab.to_bytes()))
 

@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 from hostkit import World, batch, make_world, view, with_scale
 
-from cipherloop.ckks import Ciphertext, CiphertextBatch, Diagonals, PublicContext, Replicated, SecretContext
+from cipherloop.ckks import (
+    Ciphertext,
+    CiphertextBatch,
+    Diagonals,
+    PublicContext,
+    Replicated,
+    SampleBlocks,
+    SecretContext,
+)
+from cipherloop.enclave.limits import MAX_CLASSES, MAX_HIDDEN
 
 SLOTS = 4096
 SECRETS = (0.25, 3.0e9)
@@ -146,6 +155,7 @@ def test_output_levels_outside_the_safe_range_are_refused(hworlds: tuple[World, 
     ("softmax_error", {"first_block": 1}, "ShapeError"),
     ("mlp_hidden", {"activation": "softplus"}, "BadRequest"),
     ("mlp_hidden", {"n_classes": 1}, "BadRequest"),
+    ("mlp_hidden", {"n_classes": MAX_CLASSES + 1}, "BadRequest"),
     ("mlp_backward", {"activation": "exp"}, "BadRequest"),
     ("mlp_backward", {"features": {"kind": "diagonals", "n_samples": 40}}, "ShapeError"),
 ])
@@ -153,6 +163,91 @@ def test_out_of_bounds_fields_are_refused(hworlds: tuple[World, World], host: Pu
                                           op: str, extra: dict[str, Any], error: str) -> None:
     attack = _attack(op, host, lambda c: _product(c, 1.0, host), **extra)
     assert _differential(hworlds, host, attack)[:2] == ("refused", error)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_batches_of_no_blocks_are_refused(hworlds: tuple[World, World], host: PublicContext,
+                                          op: str) -> None:
+    """A window of zero blocks: refused by the window's own check, before any layout."""
+    def attack(w: World, ct: Ciphertext) -> dict[str, Any]:
+        empty = batch(host, [], SAMPLES)
+        args: dict[str, Any] = {"z": [empty] * 3, "features": DIAG.describe(), "first_block": 0,
+                                "start": 0, "stop": 40}
+        if op == "softmax_error":
+            args |= {"y": empty, "learning_rate": 1.0, "level": 3, "intercept": False}
+        elif op == "mlp_hidden":
+            args |= {"activation": "tanh", "n_classes": 3}
+        else:
+            args |= {"p": [empty] * 3, "activation": "tanh", "level": 3, "intercept": False}
+        return w.call(op, **args)
+
+    assert _differential(hworlds, host, attack) == (
+        "refused", "ShapeError", "block range outside the layout")
+
+
+@pytest.mark.parametrize(("op", "field", "name", "limit"), [
+    ("softmax_error", "z", "logits", MAX_CLASSES), ("mlp_hidden", "z", "pre-activations", MAX_HIDDEN),
+    ("mlp_backward", "p", "backpropagated errors", MAX_HIDDEN),
+    ("mlp_backward", "z", "pre-activations", MAX_HIDDEN)])
+def test_unit_counts_are_bounded_before_anything_is_parsed(
+        hworlds: tuple[World, World], host: PublicContext, op: str, field: str, name: str,
+        limit: int) -> None:
+    """None, or one past the limit, is refused by count; the limit itself gets past the count
+    (and is refused next, for its placeholder bytes)."""
+    base = {"features": DIAG.describe(), "first_block": 0, "start": 0, "stop": 40,
+            "z": [b"x"], "p": [b"x"], "y": b"x", "learning_rate": 1.0, "level": 3,
+            "activation": "tanh", "n_classes": 3}
+    for n in (0, limit + 1, limit):
+        reply = hworlds[0].call(op, **{**base, field: [b"x"] * n})
+        refusal = ("refused", "BadRequest", f"{name} must be 1 to {limit} batches")
+        assert (view(reply) == refusal) is (n != limit), n
+
+
+@pytest.mark.parametrize(("n_classes", "ok"), [(1, False), (2, True)])
+def test_softmax_takes_two_classes_or_more(hworlds: tuple[World, World], host: PublicContext,
+                                           n_classes: int, ok: bool) -> None:
+    def attack(w: World, ct: Ciphertext) -> dict[str, Any]:
+        units = [_product(ct, 1.0, host)] + [_logits(host, 0.1)] * (n_classes - 1)
+        return _call(w, "softmax_error", units, y=host.encrypt(np.ones(SLOTS), level=0))
+
+    got = _differential(hworlds, host, attack)
+    assert got[0] == "ok" if ok else got == (
+        "refused", "BadRequest", "softmax needs at least two classes")
+
+
+def test_the_largest_output_layer_is_taken(hworlds: tuple[World, World],
+                                           host: PublicContext) -> None:
+    reply = _call(hworlds[0], "mlp_hidden", [_logits(host, 0.1)], n_classes=MAX_CLASSES)
+    assert reply["ok"], reply
+    (a_err,) = reply["result"]["a_err"]
+    assert CiphertextBatch.from_bytes(a_err).layout["features"]["n_features"] == MAX_CLASSES
+
+
+def test_a_backward_step_of_more_than_256_hidden_units(hworlds: tuple[World, World],
+                                                      host: PublicContext) -> None:
+    """Counts past the small integers Python shares (level-0 products keep it small)."""
+    z = host.encrypt(np.full(SLOTS, 0.3), level=0,
+                     scale=host.params.scale ** 2 / host.backend.prime(1))  # a product's, at 0
+    units = [batch(host, [z], SAMPLES)] * 257
+    reply = hworlds[0].call("mlp_backward", p=units, z=units, features=DIAG.describe(),
+                            first_block=0, start=0, stop=40, activation="tanh", level=1,
+                            intercept=False)
+    assert view(reply) == ("ok", {"delta": [("batch", DIAG.giant, "errors")] * 257,
+                                  "delta_sum": None})
+
+
+def test_per_unit_values_of_another_layout_are_refused(hworlds: tuple[World, World],
+                                                        host: PublicContext) -> None:
+    other = SampleBlocks(41, SLOTS).describe()
+
+    def attack(w: World, ct: Ciphertext) -> dict[str, Any]:
+        units = [batch(host, [_product(ct, 1.0, host)], SAMPLES),
+                 batch(host, [_logits(host, 0.2)], other)]
+        return w.call("mlp_hidden", z=units, features=DIAG.describe(), first_block=0, start=0,
+                      stop=40, activation="tanh", n_classes=3)
+
+    assert _differential(hworlds, host, attack) == (
+        "refused", "ShapeError", "per-unit values must be sample blocks of the feature layout")
 
 
 def test_mixed_levels_and_count_mismatches_are_refused(hworlds: tuple[World, World],
@@ -165,11 +260,13 @@ def test_mixed_levels_and_count_mismatches_are_refused(hworlds: tuple[World, Wor
 
     assert _differential(hworlds, host, mixed)[:2] == ("refused", "LevelMismatch")
 
-    def uneven(w: World, ct: Ciphertext) -> dict[str, Any]:
-        units = [_product(ct, 1.0, host), _logits(host)]
-        return _call(w, "mlp_backward", units, p=[_logits(host)])
+    for n_z, n_p in ((2, 1), (1, 2)):
+        def uneven(w: World, ct: Ciphertext, n_z: int = n_z, n_p: int = n_p) -> dict[str, Any]:
+            units = [_product(ct, 1.0, host)] + [_logits(host)] * (n_z - 1)
+            return _call(w, "mlp_backward", units, p=[_logits(host)] * n_p)
 
-    assert _differential(hworlds, host, uneven)[:2] == ("refused", "ShapeError")
+        assert _differential(hworlds, host, uneven) == (
+            "refused", "ShapeError", "one backpropagated error and one pre-activation per hidden unit")
 
     def one_class(w: World, ct: Ciphertext) -> dict[str, Any]:
         return _call(w, "softmax_error", [_product(ct, 1.0, host)], y=host.encrypt(np.ones(SLOTS)))
@@ -231,6 +328,22 @@ def test_labels_in_other_lanes_than_the_features_are_refused(
     assert got[0] == "refused" and got[-1] == "labels must be sample blocks of the feature layout"
 
 
+def test_outputs_on_a_later_block_are_laid_out_for_the_window_alone(
+        hworlds: tuple[World, World], host: PublicContext) -> None:
+    """The second of two blocks (samples 4096..4999): ``A``'s layouts hold its 904 samples."""
+    two = Diagonals.plan(5000, 4, SLOTS)
+    units = [_logits(host, v) for v in (0.1, -0.2)]
+    reply = _call(hworlds[0], "mlp_hidden", units, layout=two, first_block=1, start=4096,
+                  stop=5000)
+    assert reply["ok"], reply
+    a_diag, a_err = reply["result"]["a"], reply["result"]["a_err"]
+    assert CiphertextBatch.from_bytes(a_diag).layout == Diagonals.plan(904, 2, SLOTS).describe()
+    for raw in a_err:
+        layout = CiphertextBatch.from_bytes(raw).layout
+        assert layout["features"] == Diagonals.plan(904, 3, SLOTS).describe()
+        assert layout["first_block"] == 0  # local to the window, like the layout it pairs with
+
+
 def test_secret_labels_succeed_alike(hworlds: tuple[World, World], host: PublicContext) -> None:
     """The host puts a stored value where the labels go: clipped to a class index, never probed."""
     got = _differential(hworlds, host, _attack("softmax_error", host, lambda c: c, "y"))
@@ -240,6 +353,12 @@ def test_secret_labels_succeed_alike(hworlds: tuple[World, World], host: PublicC
 # ------------------------------------------------------------- exact behaviour
 def _open(sec_key: SecretContext, raw: bytes) -> list[np.ndarray]:
     return [sec_key.decrypt(c) for c in CiphertextBatch.from_bytes(raw).open(sec_key)]
+
+
+def _levels(host: PublicContext, raws: bytes | list[bytes]) -> set[int]:
+    """The levels of every ciphertext the host got back (public metadata)."""
+    items = [raws] if isinstance(raws, bytes) else raws
+    return {int(c.level) for raw in items for c in CiphertextBatch.from_bytes(raw).open(host)}
 
 
 def _diagonal_matrix(blocks: list[np.ndarray], layout: Diagonals) -> np.ndarray:
@@ -294,9 +413,9 @@ def test_softmax_error_is_exact_and_clipped_at_the_policy_bound(
     w = make_world(tmp_path, sec_key, clip=4.0)
     rng = np.random.default_rng(5)
     z = rng.normal(0, 3, (SLOTS, 3))
-    z[:5, 0] = [100.0, -100.0, 4.0, 4.5, -7.0]  # beyond the clip of 4
+    z[3:8, 0] = [100.0, -100.0, 4.0, 4.5, -7.0]  # beyond the clip of 4 (inside the window)
     y = rng.integers(0, 3, SLOTS).astype(np.float64)
-    y[:3] = [7.0, -2.0, 1.4]  # outside the classes: clipped to 2 and 0, rounded to 1
+    y[3:6] = [7.0, -2.0, 1.4]  # outside the classes: clipped to 2 and 0, rounded to 1
     start, stop, lr = 3, 33, 0.5
     reply = w.call("softmax_error", z=[batch(host, [_logits(host, z[:, k])], SAMPLES) for k in range(3)],
                    y=batch(host, [host.encrypt(y, level=0)], SAMPLES), features=DIAG.describe(),
@@ -311,23 +430,29 @@ def test_softmax_error_is_exact_and_clipped_at_the_policy_bound(
     assert np.abs(got - expect).max() < 1e-6
     sums = [v[0] for v in _open(sec_key, reply["result"]["e_sum"])]
     assert np.allclose(sums, expect.sum(axis=0), atol=1e-6)
+    assert _levels(host, reply["result"]["e"]) == {3}
+    assert _levels(host, reply["result"]["e_sum"]) == {2}
+    scalar = Replicated(1, 1, SLOTS)  # every slot holds the sum, as the host's update expects
+    assert CiphertextBatch.from_bytes(reply["result"]["e_sum"]).layout == scalar.describe()
+    for v, total in zip(_open(sec_key, reply["result"]["e_sum"]), expect.sum(axis=0), strict=True):
+        assert np.allclose(v, total, atol=1e-6)
     e_diag = _diagonal_matrix(_open(sec_key, reply["result"]["e_diag"]), Diagonals.plan(40, 3, SLOTS))
     assert np.abs(e_diag - expect[:40]).max() < 1e-6
     w.enclave.close()
 
 
-@pytest.mark.parametrize("act", ["relu", "tanh", "logistic"])
+@pytest.mark.parametrize(("act", "H"), [("relu", 3), ("tanh", 3), ("logistic", 3), ("tanh", 1)])
 def test_hidden_and_backward_steps_are_exact(tmp_path: Path, sec_key: SecretContext,
-                                             host: PublicContext, act: str) -> None:
+                                             host: PublicContext, act: str, H: int) -> None:
     from cipherloop.enclave.nonlinear import activation, activation_derivative
 
     w = make_world(tmp_path, sec_key)
     rng = np.random.default_rng(6)
-    H, start, stop = 3, 0, 40
+    start, stop = 0, 40
     z = rng.normal(0, 2, (SLOTS, H))
     z[0, 0] = 50.0  # clipped to the policy's 16
     p = rng.normal(0, 0.1, (SLOTS, H))
-    p[1, 1] = 3.0e9  # clipped to VALUE_BOUND
+    p[1, H - 1] = 3.0e9  # clipped to VALUE_BOUND
     zb = [batch(host, [_logits(host, z[:, h])], SAMPLES) for h in range(H)]
     hidden = w.call("mlp_hidden", z=zb, features=DIAG.describe(), first_block=0, start=start,
                     stop=stop, activation=act, n_classes=3)
@@ -350,4 +475,6 @@ def test_hidden_and_backward_steps_are_exact(tmp_path: Path, sec_key: SecretCont
     assert np.abs(got_d - delta).max() <= 1e-6 * max(1.0, np.abs(delta).max())
     sums = [v[0] for v in _open(sec_key, back["result"]["delta_sum"])]
     assert np.allclose(sums, np.clip(delta.sum(axis=0), -2.0**20, 2.0**20), rtol=1e-6, atol=1e-4)
+    assert _levels(host, back["result"]["delta"]) == {2}
+    assert _levels(host, back["result"]["delta_sum"]) == {1}
     w.enclave.close()
