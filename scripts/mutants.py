@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", action="append", default=None, help="only these groups")
     parser.add_argument("--jobs", type=int, default=2, help="parallel workers (each has its own copy)")
     parser.add_argument("--match", default=None,
-                        help="only mutants whose name (as the report prints it) matches this regex")
+                        help="only mutants whose 'path::function | line => ' matches this regex "
+                             "(what a mutant changes the line to is known only once it has run)")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     args = parser.parse_args(argv)
     settings = load_settings()
