@@ -215,12 +215,29 @@ def test_softmax_takes_two_classes_or_more(hworlds: tuple[World, World], host: P
         "refused", "BadRequest", "softmax needs at least two classes")
 
 
-def test_the_largest_output_layer_is_taken(hworlds: tuple[World, World],
-                                           host: PublicContext) -> None:
-    reply = _call(hworlds[0], "mlp_hidden", [_logits(host, 0.1)], n_classes=MAX_CLASSES)
+@pytest.mark.parametrize("n_classes", [2, MAX_CLASSES])
+def test_the_smallest_and_largest_output_layers_are_taken(
+        hworlds: tuple[World, World], host: PublicContext, n_classes: int) -> None:
+    reply = _call(hworlds[0], "mlp_hidden", [_logits(host, 0.1)], n_classes=n_classes)
     assert reply["ok"], reply
     (a_err,) = reply["result"]["a_err"]
-    assert CiphertextBatch.from_bytes(a_err).layout["features"]["n_features"] == MAX_CLASSES
+    assert CiphertextBatch.from_bytes(a_err).layout["features"]["n_features"] == n_classes
+
+
+def test_softmax_error_on_a_one_sample_window(tmp_path: Path, sec_key: SecretContext,
+                                              host: PublicContext) -> None:
+    """The step is ``lr / (stop - start)``: for one sample, the whole learning rate."""
+    w = make_world(tmp_path, sec_key)
+    _HOST[id(w.enclave)] = host
+    z = np.array([0.5, -0.25, 1.0])
+    reply = _call(w, "softmax_error", [_logits(host, v) for v in z],
+                  y=host.encrypt(np.full(SLOTS, 2.0), level=0), start=7, stop=8,
+                  learning_rate=0.75, intercept=False, transposed=False)
+    assert reply["ok"], reply
+    got = np.array([_open(sec_key, raw)[0][7] for raw in reply["result"]["e"]])
+    expect = (np.exp(z) / np.exp(z).sum() - np.eye(3)[2]) * 0.75
+    assert np.abs(got - expect).max() < 1e-6
+    w.enclave.close()
 
 
 def test_a_backward_step_of_more_than_256_hidden_units(hworlds: tuple[World, World],
