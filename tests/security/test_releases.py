@@ -199,6 +199,14 @@ _W = np.array([[1.2, -0.3, 0.2, 0.1], [0.1, 0.9, -0.4, 0.3], [-0.5, 0.2, 0.7, -0
 _B = np.array([0.3, -0.2, 0.1])
 
 
+def _refusal(w: World, model: dict[str, Any], metrics: list[str] | None = None) -> Any:
+    """What the host sees of an ``evaluate`` that must be refused, having checked it cost nothing."""
+    reply = w.call("evaluate", model=model, features=w.holdout[0], labels=w.holdout[1],
+                   metrics=["accuracy"] if metrics is None else metrics)
+    assert w.enclave.keys.get(w.key_id).state.spent_total == 0
+    return view(reply)
+
+
 def _close(got: dict[str, float], truth: dict[str, float]) -> None:
     for m, v in got.items():
         assert v == coarse(v), m  # rounded to 1e-3 on the wire
@@ -302,12 +310,10 @@ def test_malformed_mlps_are_refused_before_decryption(
     else:
         assert isinstance(edit, dict)
         model.update(edit)
-    reply = w.call("evaluate", model=model, features=w.holdout[0], labels=w.holdout[1],
-                   metrics=["accuracy"])
-    assert view(reply)[:2] == ("refused", refusal)
+    got = _refusal(w, model)
+    assert got[:2] == ("refused", refusal)
     if edit in ({"coef1": 7}, {"intercept2": "two"}, {"coef": b"x"}):  # the map's own check
-        assert view(reply)[2].startswith("a model is a map of 'coef' and optional 'intercept'")
-    assert w.enclave.keys.get(w.key_id).state.spent_total == 0
+        assert got[2].startswith("a model is a map of 'coef' and optional 'intercept'")
     w.enclave.close()
 
 
@@ -317,10 +323,7 @@ def test_a_model_part_of_no_vectors_is_refused(tmp_path: Path, sec_key: SecretCo
     w = make_world(tmp_path, sec_key)
     model = _model(host, np.ones(4), 0.5)
     model[part] = batch(host, [], CiphertextBatch.from_bytes(model[part]).layout)
-    reply = w.call("evaluate", model=model, features=w.holdout[0], labels=w.holdout[1],
-                   metrics=["accuracy"])
-    assert view(reply) == ("refused", "ShapeError", "a model part holds 1 to 1024 vectors")
-    assert w.enclave.keys.get(w.key_id).state.spent_total == 0
+    assert _refusal(w, model) == ("refused", "ShapeError", "a model part holds 1 to 1024 vectors")
     w.enclave.close()
 
 
@@ -328,10 +331,7 @@ def test_a_model_part_of_no_vectors_is_refused(tmp_path: Path, sec_key: SecretCo
 def test_metric_names_must_be_distinct_known_names(tmp_path: Path, sec_key: SecretContext,
                                                    host: PublicContext, metrics: list[str]) -> None:
     w = make_world(tmp_path, sec_key, release=["accuracy", "log_loss"])
-    reply = w.call("evaluate", model=_model(host, np.ones(4)), features=w.holdout[0],
-                   labels=w.holdout[1], metrics=metrics)
-    assert view(reply)[:2] == ("refused", "BadRequest")
-    assert w.enclave.keys.get(w.key_id).state.spent_total == 0
+    assert _refusal(w, _model(host, np.ones(4)), metrics)[:2] == ("refused", "BadRequest")
     w.enclave.close()
 
 
@@ -458,9 +458,6 @@ def test_a_pinned_set_whose_labels_are_laid_out_for_other_samples_is_refused(
         tmp_path: Path, sec_key: SecretContext, host: PublicContext) -> None:
     """The owner pinned 41 labels with 40 samples' features: nothing is decrypted or charged."""
     w = make_world(tmp_path, sec_key, labels=np.zeros(41))
-    reply = w.call("evaluate", model=_model(host, np.ones(4)), features=w.holdout[0],
-                   labels=w.holdout[1], metrics=["accuracy"])
-    assert view(reply) == ("refused", "ShapeError",
-                           "hold-out labels must be sample blocks of the features' samples")
-    assert w.enclave.keys.get(w.key_id).state.spent_total == 0
+    assert _refusal(w, _model(host, np.ones(4))) == (
+        "refused", "ShapeError", "hold-out labels must be sample blocks of the features' samples")
     w.enclave.close()
